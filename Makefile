@@ -1,0 +1,47 @@
+# genir: two set-up commands on a fresh Debian machine.
+#   make demo   install everything, then run the bundled demo and print the results table
+#   make test   install everything, then run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := dataset-fashion-mnist openclipart-png openclipart-svg wordnet-base
+STAMP  := $(VENV)/.genir-installed
+
+.PHONY: demo test test-fast install install-python install-data lint clean
+
+demo: install
+	$(VENV)/bin/genir demo
+
+test: install
+	$(PY) -m pytest
+
+# Hermetic tests only (no Debian data, no slow marker): the inner loop while developing.
+test-fast: install-python
+	$(PY) -m pytest -m "not slow"
+
+install: install-python install-data
+
+# torch is pinned to 2.13.0 in pyproject.toml: on this machine pip takes the CPU wheel from
+# local disk; elsewhere it comes from PyPI.
+install-python: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,clip,serve]'
+	touch $(STAMP)
+
+install-data:
+	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  echo "Debian data packages already installed: $(APT_PACKAGES)"; \
+	else \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+lint: install-python
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,201 @@
+"""`CodeDecoder`: a small Transformer decoder that generates semantic IDs level by level.
+
+Pre-LN blocks of causal self-attention over the codes generated so far, cross-attention
+over a query memory, and an MLP. The memory here is the GENIUS prefix (eq. 9: an MLP maps
+the query embedding to `num_prefix` vectors of width d_model); every level has its own
+code embedding table and its own output head over that level's K codes, so logits are
+only ever computed over the current level's vocabulary.
+
+`DecoderSession` is the incremental form used by beam search: the memory's cross-attention
+keys/values are computed once per query and shared by all its beams (broadcast, not
+copied); the self-attention cache grows by one position per level and is re-ordered by
+the beams that survive. Training is in `genir.decoder.train`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DecoderConfig:
+    query_dim: int = 384                       # width of the query embedding
+    codebook_sizes: tuple[int, ...] = (256,) * 4  # K per level; len = ID length M
+    d_model: int = 128                         # hidden width
+    num_layers: int = 2                        # decoder blocks
+    num_heads: int = 4                         # attention heads (d_model % num_heads == 0)
+    mlp_ratio: int = 4                         # MLP hidden = mlp_ratio * d_model
+    num_prefix: int = 4                        # prefix embeddings from the query (GENIUS N=30)
+    dropout: float = 0.1                       # dropout in training
+
+    def __post_init__(self) -> None:
+        self.codebook_sizes = tuple(int(k) for k in self.codebook_sizes)
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads "
+                             f"({self.num_heads})")
+        if not self.codebook_sizes or min(self.codebook_sizes) < 1:
+            raise ValueError(f"codebook_sizes must be non-empty and positive: {self.codebook_sizes}")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.codebook_sizes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.q = nn.Linear(cfg.d_model, cfg.d_model)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, H, T, d/H)
+        b, t, d = x.shape
+        return x.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return self.heads(k), self.heads(v)
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+               causal: bool = False) -> torch.Tensor:
+        """x (B, T, d) attends over k, v (B, H, S, d/H)."""
+        b, t, d = x.shape
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(self.heads(self.q(x)), k, v, is_causal=causal,
+                                           dropout_p=drop)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.ln_self = nn.LayerNorm(cfg.d_model)
+        self.self_attn = Attention(cfg)
+        self.ln_cross = nn.LayerNorm(cfg.d_model)
+        self.cross_attn = Attention(cfg)
+        self.ln_mlp = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model), nn.GELU(),
+                                 nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model),
+                                 nn.Dropout(cfg.dropout))
+
+    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        h = self.ln_self(x)
+        x = x + self.self_attn.attend(h, *self.self_attn.keys_values(h), causal=True)
+        x = x + self.cross_attn.attend(self.ln_cross(x), *memory_kv)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class CodeDecoder(nn.Module):
+    """query embedding (B, query_dim) -> per-level code logits; see module docstring."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d = cfg.d_model
+        # GENIUS eq. (9): P(z_q) = Reshape(MLP(z_q)) in R^{N x d}
+        self.prefix = nn.Sequential(nn.Linear(cfg.query_dim, d), nn.GELU(),
+                                    nn.Linear(d, cfg.num_prefix * d))
+        self.prefix_pos = nn.Parameter(torch.zeros(cfg.num_prefix, d))
+        self.prefix_ln = nn.LayerNorm(d)
+        self.bos = nn.Parameter(torch.zeros(d))
+        self.code_emb = nn.ModuleList(nn.Embedding(k, d) for k in cfg.codebook_sizes[:-1])
+        self.pos = nn.Parameter(torch.zeros(cfg.num_levels, d))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.heads = nn.ModuleList(nn.Linear(d, k) for k in cfg.codebook_sizes)
+        self.drop = nn.Dropout(cfg.dropout)
+        for p in (self.prefix_pos, self.bos, self.pos):
+            nn.init.normal_(p, std=0.02)
+
+    def memory(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, query_dim) -> (B, num_prefix, d_model)."""
+        if query.ndim != 2 or query.shape[1] != self.config.query_dim:
+            raise ValueError(f"queries must be (B, {self.config.query_dim}), "
+                             f"got {tuple(query.shape)}")
+        b = query.shape[0]
+        mem = self.prefix(query).view(b, self.config.num_prefix, self.config.d_model)
+        return self.prefix_ln(mem + self.prefix_pos)
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, T) codes of levels 0..T-1 -> (B, T + 1, d): BOS then one token per code."""
+        b, t = codes.shape
+        tokens = [self.bos.expand(b, 1, -1)]
+        tokens += [self.code_emb[lv](codes[:, lv:lv + 1]) for lv in range(t)]
+        return torch.cat(tokens, 1) + self.pos[: t + 1]
+
+    def forward(self, query: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher forcing. query (B, Dq), codes (B, M) -> [ (B, K_l) logits for each level ]."""
+        mem = self.memory(query)
+        x = self.drop(self.embed_codes(codes[:, :-1]))
+        for block in self.blocks:
+            x = block(x, block.cross_attn.keys_values(mem))
+        x = self.ln_f(x)
+        return [head(x[:, lv]) for lv, head in enumerate(self.heads)]
+
+    def loss(self, query: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Next-code cross-entropy averaged over levels (GENIUS eq. 10)."""
+        logits = self(query, codes)
+        return torch.stack([F.cross_entropy(lg, codes[:, lv])
+                            for lv, lg in enumerate(logits)]).mean()
+
+    def sequence_log_prob(self, query: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """(B, Dq), (B, M) -> (B,) sum over levels of log p(code_l | query, codes_<l)."""
+        logits = self(query, codes)
+        return torch.stack([lg.log_softmax(-1).gather(1, codes[:, lv:lv + 1]).squeeze(1)
+                            for lv, lg in enumerate(logits)], 1).sum(1)
+
+    def session(self, query: torch.Tensor) -> DecoderSession:
+        return DecoderSession(self, query)
+
+
+class DecoderSession:
+    """Incremental decoding state for beam search (see `genir.search.beam`)."""
+
+    def __init__(self, model: CodeDecoder, query: torch.Tensor) -> None:
+        self.model = model
+        self.num_queries = query.shape[0]
+        mem = model.memory(query)
+        # cross-attention K/V once per query: (Q, H, N, hd), shared by the query's beams
+        self.memory_kv = [blk.cross_attn.keys_values(mem) for blk in model.blocks]
+        self.self_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        x = model.bos.expand(self.num_queries, 1, -1) + model.pos[0]
+        self.hidden = self._step(x, beams=1)
+
+    def _step(self, x: torch.Tensor, beams: int) -> torch.Tensor:
+        """x (Q * beams, 1, d) new tokens -> (Q * beams, d) final hidden; grows the cache."""
+        q = self.num_queries
+        new_cache = []
+        for i, blk in enumerate(self.model.blocks):
+            h = blk.ln_self(x)
+            k, v = blk.self_attn.keys_values(h)
+            if self.self_kv:
+                pk, pv = self.self_kv[i]
+                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+            new_cache.append((k, v))
+            x = x + blk.self_attn.attend(h, k, v)
+            # cross-attention: view beams as extra query positions of the same query
+            hc = blk.ln_cross(x).view(q, beams, -1)
+            x = x + blk.cross_attn.attend(hc, *self.memory_kv[i]).view(q * beams, 1, -1)
+            x = x + blk.mlp(blk.ln_mlp(x))
+        self.self_kv = new_cache
+        return self.model.ln_f(x[:, 0])
+
+    def log_probs(self, level: int) -> torch.Tensor:
+        return self.model.heads[level](self.hidden).float().log_softmax(-1)
+
+    def advance(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        q, beams = codes.shape
+        width = self.hidden.shape[0] // q
+        rows = (parent + torch.arange(q)[:, None] * width).view(-1)  # (Q * beams,)
+        self.self_kv = [(k[rows], v[rows]) for k, v in self.self_kv]
+        x = self.model.code_emb[level](codes.reshape(-1, 1)) + self.model.pos[level + 1]
+        self.hidden = self._step(x, beams)

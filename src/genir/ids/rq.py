@@ -1,0 +1,117 @@
+"""Residual quantization (RQ): the plain semantic-ID tokenizer behind every genir index.
+
+Level l quantizes what levels < l left over, so an item's ID is M codes, coarse to fine
+(IRGen eq. 1, GENIUS eq. 5). Codebooks are fitted by seeded k-means on the residuals.
+The supervised variants (IRGen, AVG, GENIUS losses) are separate tokenizers with the same
+`fit / encode / decode` contract; this one is unsupervised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from genir.ids.kmeans import assign, kmeans
+
+
+@dataclass
+class RQConfig:
+    num_levels: int = 4             # ID length M
+    codebook_size: int = 256        # codes per level K (every level)
+    kmeans_iters: int = 15          # Lloyd iterations per level
+    max_fit_points: int = 20_000    # k-means runs on a seeded sample this large
+    seed: int = 0                   # k-means++ seeding and sampling
+    codebook_sizes: tuple[int, ...] = field(init=False)  # derived: K per level
+
+    def __post_init__(self) -> None:
+        if self.num_levels < 1 or self.codebook_size < 1:
+            raise ValueError("num_levels and codebook_size must be >= 1, got "
+                             f"{self.num_levels} and {self.codebook_size}")
+        self.codebook_sizes = (self.codebook_size,) * self.num_levels
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("codebook_sizes")
+        return d
+
+
+class ResidualQuantizer:
+    """tok.fit(emb); ids = tok.encode(emb); rec = tok.decode(ids)."""
+
+    def __init__(self, config: RQConfig | None = None) -> None:
+        self.config = config or RQConfig()
+        self.codebooks: list[torch.Tensor] = []  # per level (K_l, D)
+        self.reseeds: list[int] = []             # dead codes re-seeded per level during fit
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return self.config.codebook_sizes
+
+    @property
+    def is_fitted(self) -> bool:
+        return len(self.codebooks) == self.config.num_levels
+
+    def fit(self, emb: np.ndarray | torch.Tensor) -> ResidualQuantizer:
+        """(N, D) float -> self."""
+        residual = _as_tensor(emb)
+        self.codebooks, self.reseeds = [], []
+        for level in range(self.config.num_levels):
+            centers, reseeds = kmeans(residual, self.config.codebook_size,
+                                      iters=self.config.kmeans_iters,
+                                      seed=self.config.seed + level,
+                                      max_points=self.config.max_fit_points)
+            self.codebooks.append(centers)
+            self.reseeds.append(reseeds)
+            residual = residual - centers[assign(residual, centers)]
+        return self
+
+    def encode(self, emb: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N, D) -> (N, M) int64 codes, greedy nearest code per level."""
+        self._check_fitted()
+        residual = _as_tensor(emb)
+        if residual.shape[1] != self.codebooks[0].shape[1]:
+            raise ValueError(f"embedding width {residual.shape[1]} does not match the "
+                             f"tokenizer's {self.codebooks[0].shape[1]}")
+        codes = torch.empty(residual.shape[0], self.config.num_levels, dtype=torch.int64)
+        for level, centers in enumerate(self.codebooks):
+            codes[:, level] = assign(residual, centers)
+            residual = residual - centers[codes[:, level]]
+        return codes.numpy()
+
+    def decode(self, codes: np.ndarray | torch.Tensor, num_levels: int | None = None) -> np.ndarray:
+        """(N, M) codes -> (N, D) reconstruction from the first `num_levels` levels."""
+        self._check_fitted()
+        codes_t = torch.as_tensor(np.asarray(codes), dtype=torch.int64)
+        levels = self.config.num_levels if num_levels is None else num_levels
+        out = torch.zeros(codes_t.shape[0], self.codebooks[0].shape[1])
+        for level in range(levels):
+            out += self.codebooks[level][codes_t[:, level]]
+        return out.numpy()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"codebook.{i}": c.contiguous() for i, c in enumerate(self.codebooks)}
+
+    @classmethod
+    def from_state(cls, config: RQConfig, state: dict[str, torch.Tensor]) -> ResidualQuantizer:
+        tok = cls(config)
+        tok.codebooks = [state[f"codebook.{i}"].float() for i in range(config.num_levels)]
+        return tok
+
+    def utilisation(self, codes: np.ndarray) -> list[float]:
+        """Fraction of each level's codes used by `codes`."""
+        return [len(np.unique(codes[:, lv])) / k for lv, k in enumerate(self.codebook_sizes)]
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError("the tokenizer is not fitted: call fit(embeddings) first")
+
+
+def _as_tensor(emb: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(emb, dtype=np.float32))
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"expected a non-empty (N, D) embedding array, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or inf")
+    return x

@@ -1,0 +1,249 @@
+"""`GenerativeIndex`: semantic IDs + a trained code decoder behind a FAISS-like search.
+
+    index = GenerativeIndex.build(item_emb, queries=q_emb, sampler=pairs)
+    scores, rows = index.search(query_emb, k)     # (Q, k) each, -1 / -inf padded
+    index.save(path); GenerativeIndex.load(path)
+
+`build` fits the RQ tokenizer on the item embeddings, encodes every item, and trains the
+decoder on (query, target item) pairs; without pairs it trains on self-pairs (each item's
+own embedding as the query of its own ID, the DSI "indexing" task). `search` runs the
+trie-constrained beam search, expands each returned ID into all items that share it
+(collisions) and, with rerank, orders the beam's candidate items by embedding
+similarity (GENIUS' re-ranking). Encoders live outside: the index takes vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from genir.decoder.model import CodeDecoder, DecoderConfig
+from genir.decoder.train import PairSampler, Sampler, TrainConfig, train_decoder
+from genir.ids.rq import ResidualQuantizer, RQConfig
+from genir.ids.table import IDTable
+from genir.io import atomic_write_bytes, atomic_write_json, sha256_file
+from genir.search.beam import constrained_beam_search
+from genir.search.trie import CodeTrie
+
+FORMAT_VERSION = 1
+MAX_K = 1000  # the most results one query may ask for
+
+
+@dataclass
+class SearchConfig:
+    beam_size: int = 30          # beams kept per level; raised to k when k is larger
+    rerank: bool = False         # order the beam's candidate items by embedding similarity
+    batch_size: int = 256        # queries decoded together
+
+
+@dataclass
+class IndexConfig:
+    rq: RQConfig = field(default_factory=RQConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rq": self.rq.to_dict(), "decoder": self.decoder.to_dict(),
+                "train": self.train.to_dict(), "search": asdict(self.search)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
+        return cls(rq=RQConfig(**d["rq"]), decoder=DecoderConfig(**d["decoder"]),
+                   train=TrainConfig(**d["train"]), search=SearchConfig(**d["search"]))
+
+
+class GenerativeIndex:
+    def __init__(self, *, tokenizer: ResidualQuantizer, decoder: CodeDecoder,
+                 item_emb: np.ndarray, codes: np.ndarray, item_ids: list[str],
+                 config: IndexConfig, extra: dict[str, Any] | None = None) -> None:
+        if len(item_ids) != len(item_emb) or len(codes) != len(item_emb):
+            raise ValueError("item_ids, item_emb and codes must have one row per item")
+        self.tokenizer = tokenizer
+        self.decoder = decoder.eval()
+        self.item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
+        self.codes = np.asarray(codes, dtype=np.int64)
+        self.item_ids = list(item_ids)
+        self.config = config
+        self.extra = dict(extra or {})   # free-form JSON saved in the manifest (encoder spec...)
+        self.table = IDTable.from_codes(self.codes)
+        self.trie = CodeTrie.from_unique_ids(self.table.unique_ids)
+        self._item_emb_t = torch.from_numpy(self.item_emb)
+        self._items_t = torch.from_numpy(self.table.items)
+        self._offsets_t = torch.from_numpy(self.table.offsets)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, item_emb: np.ndarray, *, item_ids: list[str] | None = None,
+              queries: np.ndarray | None = None, sampler: Sampler | None = None,
+              config: IndexConfig | None = None, progress: bool = False,
+              extra: dict[str, Any] | None = None) -> GenerativeIndex:
+        """Fit the tokenizer on (N, D) item embeddings and train the decoder.
+
+        queries (Nq, Dq) with `sampler` drawing (query row, item row) pairs; both None
+        means self-pairs (query = the item's own embedding).
+        """
+        config = config or IndexConfig()
+        item_emb = np.asarray(item_emb, dtype=np.float32)
+        if item_ids is None:
+            item_ids = [str(i) for i in range(len(item_emb))]
+        if (queries is None) != (sampler is None):
+            raise ValueError("pass queries and sampler together, or neither")
+        if queries is None:
+            queries = item_emb
+            sampler = PairSampler(np.arange(len(item_emb)), np.arange(len(item_emb)))
+        assert sampler is not None
+        timings = {}
+        t0 = time.perf_counter()
+        tokenizer = ResidualQuantizer(config.rq).fit(item_emb)
+        codes = tokenizer.encode(item_emb)
+        timings["tokenizer_s"] = time.perf_counter() - t0
+        config.decoder.query_dim = int(np.asarray(queries).shape[1])
+        config.decoder.codebook_sizes = tokenizer.codebook_sizes
+        torch.manual_seed(config.train.seed)
+        decoder = CodeDecoder(config.decoder)
+        t0 = time.perf_counter()
+        losses = train_decoder(decoder, queries=queries, item_codes=codes, sampler=sampler,
+                               config=config.train, progress=progress)
+        timings["decoder_s"] = time.perf_counter() - t0
+        info = {"train_timings": timings, "final_loss": float(np.mean(losses[-50:])),
+                "dead_code_reseeds": tokenizer.reseeds}
+        return cls(tokenizer=tokenizer, decoder=decoder, item_emb=item_emb, codes=codes,
+                   item_ids=item_ids, config=config, extra={**info, **(extra or {})})
+
+    # ----------------------------------------------------------------- search
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def search(self, queries: np.ndarray, k: int = 10, *, beam_size: int | None = None,
+               rerank: bool | None = None, query_emb: np.ndarray | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, Dq) query embeddings -> (scores (Q, k) float32, item rows (Q, k) int64).
+
+        Scores are the ID's log-probability, or cosine similarity with rerank. Rows are -1
+        (score -inf) where fewer than k items were found. `query_emb` is the query in the
+        items' embedding space for rerank, when the decoder's input space differs.
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.decoder.config.query_dim:
+            raise ValueError(f"queries must be (Q, {self.decoder.config.query_dim}), "
+                             f"got shape {q.shape}")
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+        beam = max(beam_size or self.config.search.beam_size, 1)
+        rerank = self.config.search.rerank if rerank is None else rerank
+        beam = max(beam, min(k, self.table.num_ids))  # k results need k beams when IDs are unique
+        rq = q if query_emb is None else np.asarray(query_emb, dtype=np.float32)
+        if rerank and rq.shape[1] != self.item_emb.shape[1]:
+            raise ValueError("rerank needs queries in the items' embedding space: pass "
+                             f"query_emb of width {self.item_emb.shape[1]}")
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(q), k), -1, dtype=np.int64)
+        bs = self.config.search.batch_size
+        for start in range(0, len(q), bs):
+            sl = slice(start, start + bs)
+            with torch.inference_mode():
+                leaves, leaf_scores = constrained_beam_search(
+                    self.decoder.session(torch.from_numpy(q[sl])), self.trie,
+                    num_queries=len(q[sl]), beam_size=beam)
+            cand, cand_scores = self._expand(leaves, leaf_scores)
+            if rerank:
+                cand_scores = self._similarity(torch.from_numpy(rq[sl]), cand)
+            # stable: ties (items sharing an ID) keep beam order, whatever the batch
+            order = cand_scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+            top = cand_scores.gather(1, order)
+            n = order.shape[1]
+            scores[sl, :n] = top.numpy()
+            rows[sl, :n] = torch.where(torch.isinf(top), -1, cand.gather(1, order)).numpy()
+        return scores, rows
+
+    def _expand(self, leaves: torch.Tensor, leaf_scores: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q, B) leaves -> every item of every leaf, in beam order: (Q, C) rows and scores."""
+        q = leaves.shape[0]
+        safe = leaves.clamp_min(0)
+        counts = torch.where(leaves >= 0, self._offsets_t[safe + 1] - self._offsets_t[safe], 0)
+        width = max(int(counts.sum(1).max()), 1)
+        flat_counts = counts.view(-1)
+        owner = torch.repeat_interleave(torch.arange(flat_counts.numel()), flat_counts)
+        # position of each expanded item within its leaf, then within its query's row
+        leaf_first = torch.cumsum(flat_counts, 0) - flat_counts
+        within_leaf = torch.arange(owner.numel()) - leaf_first[owner]
+        item = self._items_t[self._offsets_t[safe.view(-1)[owner]] + within_leaf]
+        query = owner // leaves.shape[1]
+        row_first = torch.cumsum(counts.sum(1), 0) - counts.sum(1)
+        col = torch.arange(owner.numel()) - row_first[query]
+        cand = torch.full((q, width), -1, dtype=torch.int64)
+        cand_scores = torch.full((q, width), float("-inf"))
+        cand[query, col] = item
+        cand_scores[query, col] = leaf_scores.reshape(-1)[owner]
+        return cand, cand_scores
+
+    def _similarity(self, queries: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        emb = self._item_emb_t[cand.clamp_min(0)]                  # (Q, C, D)
+        sim = torch.einsum("qcd,qd->qc", emb, queries)
+        return sim.masked_fill(cand < 0, float("-inf"))
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.table.stats(),
+                "codebook_utilisation": self.tokenizer.utilisation(self.codes),
+                "trie_bytes": self.trie.nbytes()}
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write weights (safetensors), items and a manifest (last) into folder `path`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {f"decoder.{k}": v.contiguous() for k, v in self.decoder.state_dict().items()}
+        tensors.update({f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()})
+        tensors["item_emb"] = torch.from_numpy(self.item_emb)
+        tensors["codes"] = torch.from_numpy(self.codes)
+        from safetensors.torch import save as save_bytes
+        atomic_write_bytes(path / "weights.safetensors", save_bytes(tensors))
+        atomic_write_json(path / "items.json", self.item_ids)
+        files = {name: sha256_file(path / name) for name in ("weights.safetensors", "items.json")}
+        atomic_write_json(path / "manifest.json", {
+            "format": "genir-index", "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(), "files": files, "num_items": len(self),
+            "extra": self.extra})
+
+    @classmethod
+    def load(cls, path: str | Path) -> GenerativeIndex:
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{path} is not a genir index: no manifest.json")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != "genir-index":
+            raise ValueError(f"{manifest_path} is not a genir index manifest")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: index format version {manifest.get('format_version')} "
+                             f"is not supported (this genir reads {FORMAT_VERSION})")
+        for name, digest in manifest["files"].items():
+            if not (path / name).exists():
+                raise FileNotFoundError(f"{path}: {name} is missing")
+            if sha256_file(path / name) != digest:
+                raise ValueError(f"{path}: {name} does not match its checksum in the manifest "
+                                 "(corrupt or modified)")
+        config = IndexConfig.from_dict(manifest["config"])
+        tensors = load_file(str(path / "weights.safetensors"))
+        decoder = CodeDecoder(config.decoder)
+        decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items()
+                                 if k.startswith("decoder.")})
+        tokenizer = ResidualQuantizer.from_state(
+            config.rq, {k[len("tokenizer."):]: v for k, v in tensors.items()
+                        if k.startswith("tokenizer.")})
+        item_ids = json.loads((path / "items.json").read_text())
+        return cls(tokenizer=tokenizer, decoder=decoder, item_emb=tensors["item_emb"].numpy(),
+                   codes=tensors["codes"].numpy(), item_ids=item_ids, config=config,
+                   extra=manifest.get("extra", {}))
+
+
+__all__ = ["FORMAT_VERSION", "MAX_K", "GenerativeIndex", "IndexConfig", "SearchConfig"]

@@ -1,0 +1,90 @@
+"""`CodeTrie`: the prefix tree of valid semantic IDs, stored as flat arrays (CSR per level).
+
+Built vectorised from the lexicographically sorted unique IDs of an `IDTable`. Node j of
+level l stands for one distinct prefix of length l + 1; its children are the level-(l+1)
+nodes child_start[l][j] : child_start[l][j + 1]. Leaves (level M - 1) are exactly the
+unique IDs, in the same order, so a leaf index is an `IDTable` row. Not a dict of dicts:
+1M IDs take a few arrays of int64, not a GB of Python objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class CodeTrie:
+    node_code: list[torch.Tensor]    # per level l: (num_nodes_l,) last code of each prefix
+    child_start: list[torch.Tensor]  # per level l < M-1: (num_nodes_l + 1,) CSR offsets
+    max_children: list[int]          # per level l: most children of one level-(l-1) node
+
+    @classmethod
+    def from_unique_ids(cls, unique_ids: np.ndarray) -> CodeTrie:
+        """(U, M) int64 sorted unique IDs -> trie."""
+        ids = np.asarray(unique_ids, dtype=np.int64)
+        if ids.ndim != 2 or len(ids) == 0:
+            raise ValueError(f"need a non-empty (U, M) array of IDs, got shape {ids.shape}")
+        if len(ids) > 1 and not _is_sorted_unique(ids):
+            raise ValueError("unique_ids must be sorted lexicographically and unique")
+        num_levels = ids.shape[1]
+        # new[l][r]: row r starts a new prefix of length l + 1
+        change = np.ones((len(ids), num_levels), dtype=bool)
+        change[1:] = ids[1:] != ids[:-1]
+        new = np.logical_or.accumulate(change, axis=1)
+        node_code, child_start, max_children = [], [], []
+        prev_node_of_row = None
+        for level in range(num_levels):
+            first_rows = np.flatnonzero(new[:, level])
+            node_code.append(torch.from_numpy(ids[first_rows, level].copy()))
+            if prev_node_of_row is None:
+                max_children.append(len(first_rows))
+            else:
+                parents = prev_node_of_row[first_rows]  # non-decreasing
+                num_parents = int(prev_node_of_row[-1]) + 1
+                counts = np.bincount(parents, minlength=num_parents)
+                child_start.append(torch.from_numpy(
+                    np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)))
+                max_children.append(int(counts.max()))
+            prev_node_of_row = np.cumsum(new[:, level]) - 1
+        return cls(node_code=node_code, child_start=child_start, max_children=max_children)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.node_code)
+
+    @property
+    def num_leaves(self) -> int:
+        return len(self.node_code[-1])
+
+    def children(self, level: int, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Children at `level` of nodes at `level - 1` (any shape; ignored at level 0).
+
+        Returns (child node ids, valid mask), each node.shape + (C,) with C the level's
+        max fan-out; invalid slots hold node id 0.
+        """
+        width = self.max_children[level]
+        offsets = torch.arange(width)
+        if level == 0:
+            child = offsets.expand(*node.shape, width)
+            return child, torch.ones_like(child, dtype=torch.bool)
+        starts = self.child_start[level - 1]
+        safe = node.clamp_min(0)
+        first = starts[safe]
+        count = starts[safe + 1] - first
+        valid = offsets < count[..., None]
+        child = torch.where(valid, first[..., None] + offsets, torch.zeros((), dtype=torch.int64))
+        return child, valid
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.node_code, *self.child_start])
+
+
+def _is_sorted_unique(ids: np.ndarray) -> bool:
+    diff = ids[1:] != ids[:-1]
+    first = diff.argmax(axis=1)
+    any_diff = diff.any(axis=1)
+    rows = np.arange(len(first))
+    return bool(any_diff.all() and (ids[1:][rows, first] > ids[:-1][rows, first]).all())

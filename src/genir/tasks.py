@@ -1,0 +1,205 @@
+"""The bundled evaluation tasks: what `genir demo`, `genir build` and `genir eval` run.
+
+- fashion-mnist (IRGen set-up, image -> image): gallery = the 60k training images, a
+  seeded sample of test images as queries, relevance = same class; the decoder is trained
+  on (image, random image of the same class) pairs from the gallery.
+- openclipart (AVG set-up, text -> image): every clip-art image is an item; a seeded
+  held-out split of captions are the queries, relevance = the caption's own image. The
+  projection heads and the decoder never see held-out captions; the decoder is trained on
+  (training caption -> its image) pairs plus (image -> own ID) indexing pairs for all
+  items, the DSI recipe for items without training queries.
+
+Each task embeds once (cached), builds a `GenerativeIndex`, and scores genir,
+genir + rerank and flat exact k-NN on the same embeddings in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from genir.decoder.train import PairSampler, SameLabelSampler
+from genir.encoders.cache import EmbeddingCache
+from genir.eval import metrics
+from genir.eval.flat import FlatIndex
+from genir.index import GenerativeIndex, IndexConfig
+
+TASKS = ("fashion-mnist", "openclipart")
+
+
+@dataclass
+class TaskData:
+    """Everything a task needs after embedding: the index inputs and the query side."""
+
+    name: str
+    item_ids: list[str]
+    item_emb: np.ndarray          # (N, D) gallery embeddings
+    train_queries: np.ndarray     # (Nq, D) decoder training queries
+    sampler: Any                  # draws (train query row, item row) pairs
+    query_emb: np.ndarray         # (Q, D) evaluation queries
+    relevance: dict[str, np.ndarray]  # hit_matrix keyword arguments
+    num_relevant: np.ndarray      # (Q,) relevant items per query
+    metric_ks: dict[str, tuple[int, ...]]
+    encoder_spec: dict[str, Any]
+    encoder: Any = None           # an object with save(path), when the task trained one
+    timings: dict[str, float] = field(default_factory=dict)
+    texts: list[str] | None = None
+
+
+@dataclass
+class TaskResult:
+    task: str
+    rows: dict[str, dict[str, float]]   # method -> metric -> value
+    info: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "rows": self.rows, "info": self.info}
+
+
+def default_config(task: str, *, quick: bool = False) -> IndexConfig:
+    """The tuned defaults of each bundled task (quick: fewer steps, for tests and smoke runs)."""
+    _check_task(task)
+    cfg = IndexConfig()
+    if quick:
+        cfg.train.steps = 500
+    if task == "openclipart":
+        cfg.rq.codebook_size = 64 if quick else 128
+        cfg.rq.num_levels = 3
+    return cfg
+
+
+def prepare(task: str, *, cache: EmbeddingCache | None = None, num_queries: int = 1000,
+            image_size: int | None = None, limit: int | None = None, seed: int = 0,
+            progress: bool = False) -> TaskData:
+    _check_task(task)
+    cache = cache or EmbeddingCache()
+    if task == "fashion-mnist":
+        return _prepare_fashion_mnist(cache=cache, num_queries=num_queries,
+                                      image_size=image_size or 64, limit=limit, seed=seed,
+                                      progress=progress)
+    return _prepare_openclipart(cache=cache, num_queries=num_queries,
+                                image_size=image_size or 128, limit=limit, seed=seed,
+                                progress=progress)
+
+
+def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_size: int,
+                           limit: int | None, seed: int, progress: bool) -> TaskData:
+    from genir.data.fashion_mnist import load_fashion_mnist
+    from genir.encoders.towers import EfficientNetLiteTower
+
+    gallery = load_fashion_mnist("train")
+    test = load_fashion_mnist("test")
+    rng = np.random.default_rng(seed)
+    if limit is not None and limit < len(gallery):
+        gallery = gallery.subset(np.sort(rng.choice(len(gallery), limit, replace=False)))
+    queries = test.subset(np.sort(rng.choice(len(test), min(num_queries, len(test)),
+                                             replace=False)))
+    tower = EfficientNetLiteTower(image_size=image_size)
+    t0 = time.perf_counter()
+    item_emb = cache.get_or_compute(tower.cache_key(), "image", gallery.images,
+                                    lambda: tower.encode_images(gallery.images, progress=progress))
+    query_emb = cache.get_or_compute(tower.cache_key(), "image", queries.images,
+                                     lambda: tower.encode_images(queries.images, progress=progress))
+    labels = gallery.labels
+    assert labels is not None and queries.labels is not None
+    return TaskData(
+        name="fashion-mnist", item_ids=gallery.item_ids, item_emb=item_emb,
+        train_queries=item_emb, sampler=SameLabelSampler(labels, labels), query_emb=query_emb,
+        relevance={"query_labels": queries.labels, "item_labels": labels},
+        num_relevant=np.bincount(labels, minlength=10)[queries.labels],
+        metric_ks={"precision": (1, 10, 30), "recall": (10,), "map": (100,)},
+        encoder_spec={"type": "efficientnet-lite0", "image_size": image_size},
+        timings={"embed_s": time.perf_counter() - t0})
+
+
+def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size: int,
+                         limit: int | None, seed: int, progress: bool) -> TaskData:
+    from genir.data.openclipart import load_openclipart
+    from genir.encoders.aligned import AlignedEncoder
+    from genir.encoders.towers import EfficientNetLiteTower
+
+    corpus = load_openclipart(limit=limit)
+    assert corpus.texts is not None and corpus.images is not None
+    n = len(corpus)
+    rng = np.random.default_rng(seed)
+    held_out = np.sort(rng.choice(n, min(num_queries, n // 5), replace=False))
+    train = np.setdiff1d(np.arange(n), held_out)
+    encoder = AlignedEncoder(image_tower=EfficientNetLiteTower(image_size=image_size),
+                             cache=cache)
+    t0 = time.perf_counter()
+    image_feats = encoder.image_features(corpus.images, progress=progress)
+    text_feats = encoder.text_features(corpus.texts, progress=progress)
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    encoder.fit_features(image_feats[train], text_feats[train], progress=progress)
+    align_s = time.perf_counter() - t0
+    item_emb = encoder.project_images(image_feats)
+    text_emb = encoder.project_texts(text_feats)
+    # decoder training queries: training captions, then every image (indexing pairs)
+    train_queries = np.concatenate([text_emb[train], item_emb])
+    targets = np.concatenate([train, np.arange(n)])
+    return TaskData(
+        name="openclipart", item_ids=corpus.item_ids, item_emb=item_emb,
+        train_queries=train_queries,
+        sampler=PairSampler(np.arange(len(targets)), targets),
+        query_emb=text_emb[held_out], relevance={"relevant_items": held_out},
+        num_relevant=np.ones(len(held_out), dtype=np.int64),
+        metric_ks={"precision": (), "recall": (1, 5, 10), "map": ()},
+        encoder_spec={"type": "aligned", "path": "encoder", "image_size": image_size},
+        encoder=encoder, timings={"embed_s": embed_s, "align_s": align_s},
+        texts=[corpus.texts[i] for i in held_out])
+
+
+def build(data: TaskData, config: IndexConfig, *, progress: bool = False) -> GenerativeIndex:
+    return GenerativeIndex.build(data.item_emb, item_ids=data.item_ids,
+                                 queries=data.train_queries, sampler=data.sampler,
+                                 config=config, progress=progress,
+                                 extra={"task": data.name, "encoder": data.encoder_spec})
+
+
+def evaluate(data: TaskData, index: GenerativeIndex, *, beam_size: int | None = None
+             ) -> TaskResult:
+    ks = data.metric_ks
+    k = max([*ks["precision"], *ks["recall"], *ks["map"], 1])
+    runs: dict[str, tuple[np.ndarray, float]] = {}
+    for method, rerank in (("genir", False), ("genir+rerank", True)):
+        t0 = time.perf_counter()
+        _, rows = index.search(data.query_emb, k, beam_size=beam_size, rerank=rerank)
+        runs[method] = rows, time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, rows = FlatIndex(data.item_emb).search(data.query_emb, k)
+    runs["flat knn"] = rows, time.perf_counter() - t0
+    table = {}
+    for method, (rows, seconds) in runs.items():
+        hits = metrics.hit_matrix(rows, **data.relevance)
+        summary = metrics.summarize(hits, precision_ks=ks["precision"], recall_ks=ks["recall"],
+                                    num_relevant=data.num_relevant,
+                                    map_k=ks["map"][0] if ks["map"] else None)
+        summary["queries/s"] = len(data.query_emb) / max(seconds, 1e-9)
+        table[method] = summary
+    info = {"num_items": len(index), "num_queries": len(data.query_emb),
+            "timings": data.timings, **index.extra, "index_stats": index.stats(),
+            "beam_size": beam_size or index.config.search.beam_size}
+    return TaskResult(task=data.name, rows=table, info=info)
+
+
+def format_table(result: TaskResult) -> str:
+    methods = list(result.rows)
+    cols = list(result.rows[methods[0]])
+    width = max(len(m) for m in methods) + 2
+    lines = [f"{result.task}: {result.info['num_queries']} queries, "
+             f"{result.info['num_items']} items",
+             "method".ljust(width) + "".join(c.rjust(11) for c in cols)]
+    for m in methods:
+        cells = [f"{v:11.1f}" if c == "queries/s" else f"{v:11.3f}"
+                 for c, v in result.rows[m].items()]
+        lines.append(m.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

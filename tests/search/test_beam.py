@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genir.decoder.model import CodeDecoder, DecoderConfig
+from genir.ids.table import IDTable
+from genir.search.beam import constrained_beam_search
+from genir.search.trie import CodeTrie
+
+
+def tiny_decoder(sizes=(4, 3, 5), query_dim=6, seed=0) -> CodeDecoder:
+    torch.manual_seed(seed)
+    cfg = DecoderConfig(query_dim=query_dim, codebook_sizes=sizes, d_model=16, num_layers=2,
+                        num_heads=2, num_prefix=3, dropout=0.0)
+    model = CodeDecoder(cfg).eval()
+    # sharpen the random model so scores are far from ties
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight.mul_(8)
+    return model
+
+
+def brute_force(model, queries, unique_ids, k):
+    """Score every valid ID with teacher forcing and sort: the reference for beam search."""
+    out_leaf, out_score = [], []
+    ids = torch.as_tensor(unique_ids)
+    with torch.no_grad():
+        for q in queries:
+            lp = model.sequence_log_prob(q.expand(len(ids), -1), ids)
+            top = lp.topk(min(k, len(ids)))
+            out_leaf.append(top.indices)
+            out_score.append(top.values)
+    return torch.stack(out_leaf), torch.stack(out_score)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_beam_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    model = tiny_decoder(seed=seed)
+    table = IDTable.from_codes(rng.integers([4, 3, 5], size=(25, 3)))
+    trie = CodeTrie.from_unique_ids(table.unique_ids)
+    queries = torch.randn(5, 6, generator=torch.Generator().manual_seed(seed))
+    # a beam as wide as the number of IDs is exact search
+    beam = table.num_ids
+    leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=5,
+                                             beam_size=beam)
+    ref_leaves, ref_scores = brute_force(model, queries, table.unique_ids, beam)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-4, rtol=1e-4)
+    assert torch.equal(leaves, ref_leaves)
+
+
+def test_beam_never_returns_invalid_ids_and_pads():
+    model = tiny_decoder()
+    valid = np.array([[0, 0, 0], [0, 2, 4], [3, 1, 1]])
+    trie = CodeTrie.from_unique_ids(IDTable.from_codes(valid).unique_ids)
+    queries = torch.randn(7, 6)
+    leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=7,
+                                             beam_size=5)
+    assert leaves.shape == (7, 5)
+    assert (leaves[:, :3] >= 0).all() and (leaves[:, 3:] == -1).all()
+    assert torch.isinf(scores[:, 3:]).all() and torch.isfinite(scores[:, :3]).all()
+    assert all(sorted(row[:3].tolist()) == [0, 1, 2] for row in leaves)
+    # scores are sorted best first
+    assert (scores[:, :2] >= scores[:, 1:3]).all()
+
+
+def test_beam_results_do_not_depend_on_batch_size():
+    rng = np.random.default_rng(4)
+    model = tiny_decoder(seed=4)
+    trie = CodeTrie.from_unique_ids(IDTable.from_codes(rng.integers([4, 3, 5], size=(30, 3))).unique_ids)
+    queries = torch.randn(6, 6, generator=torch.Generator().manual_seed(5))
+    all_at_once = constrained_beam_search(model.session(queries), trie, num_queries=6, beam_size=4)
+    one_by_one = [constrained_beam_search(model.session(queries[i:i + 1]), trie, num_queries=1,
+                                          beam_size=4) for i in range(6)]
+    assert torch.equal(all_at_once[0], torch.cat([r[0] for r in one_by_one]))
+    torch.testing.assert_close(all_at_once[1], torch.cat([r[1] for r in one_by_one]))
+
+
+def test_incremental_decoding_matches_teacher_forcing():
+    model = tiny_decoder()
+    queries = torch.randn(3, 6)
+    codes = torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2]])
+    logits = model(queries, codes)
+    session = model.session(queries)
+    for level in range(3):
+        torch.testing.assert_close(session.log_probs(level), logits[level].log_softmax(-1),
+                                   atol=1e-5, rtol=1e-5)
+        if level < 2:
+            session.advance(level, codes[:, level:level + 1], torch.zeros(3, 1, dtype=torch.int64))

@@ -1,0 +1,118 @@
+"""The `genir` CLI end to end on tiny fixture data sets (hermetic: no /usr/share, no network).
+
+Builds, saves, searches and evaluates through the same commands a user types, with a few
+training steps: these tests check the plumbing and the error messages, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fixtures import class_images, write_fashion_mnist, write_openclipart
+from genir.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {"fmnist": write_fashion_mnist(root / "fmnist"),
+            "openclipart": write_openclipart(root / "openclipart"),
+            "cache": root / "cache"}
+
+
+@pytest.fixture(autouse=True)
+def _data_env(data_dirs, monkeypatch):
+    monkeypatch.setenv("GENIR_FASHION_MNIST_DIR", str(data_dirs["fmnist"]))
+    monkeypatch.setenv("GENIR_OPENCLIPART_DIR", str(data_dirs["openclipart"]))
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    return result, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+@pytest.fixture(scope="module")
+def fmnist_index(data_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("idx") / "fmnist"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GENIR_FASHION_MNIST_DIR", str(data_dirs["fmnist"]))
+    try:
+        result, text = invoke("build", "fashion-mnist", "--out", str(out), "--steps", "30",
+                              "--cache-dir", str(data_dirs["cache"]), "--no-progress")
+    finally:
+        mp.undo()
+    assert result.exit_code == 0, text
+    return out
+
+
+def test_build_writes_a_loadable_index(fmnist_index):
+    manifest = json.loads((fmnist_index / "manifest.json").read_text())
+    assert manifest["num_items"] == 120
+    assert manifest["extra"]["encoder"] == {"type": "efficientnet-lite0", "image_size": 64}
+
+
+def test_search_by_image(fmnist_index, tmp_path):
+    path = tmp_path / "query.png"
+    Image.fromarray(class_images(np.array([3]))[0]).save(path)
+    result, text = invoke("search", str(fmnist_index), "--image", str(path), "-k", "5", "--json")
+    assert result.exit_code == 0, text
+    hits = json.loads(result.output)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert all(h["item_id"].startswith("fmnist-train-") for h in hits)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--text", "a shoe"], "image-only"),
+    ([], "exactly one of --text or --image"),
+    (["--text", "x", "--image", "y.png"], "exactly one"),
+    (["--image", "missing.png"], "is not a file"),
+    (["--text", "   "], "empty"),
+])
+def test_search_bad_arguments(fmnist_index, args, message):
+    result, text = invoke("search", str(fmnist_index), *args)
+    assert result.exit_code == 2 and message in text
+
+
+def test_search_missing_index(tmp_path):
+    result, text = invoke("search", str(tmp_path), "--image", __file__)
+    assert result.exit_code == 2 and "manifest" in text
+
+
+def test_eval_saved_index_writes_json(fmnist_index, data_dirs, tmp_path):
+    out = tmp_path / "res.json"
+    result, text = invoke("eval", "fashion-mnist", "--index", str(fmnist_index), "--json", str(out),
+                          "--num-queries", "20", "--cache-dir", str(data_dirs["cache"]),
+                          "--no-progress")
+    assert result.exit_code == 0, text
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"genir", "genir+rerank", "flat knn"}
+    assert set(rows["genir"]) >= {"P@1", "P@10", "P@30", "R@10", "MAP@100", "MRR"}
+    assert "flat knn" in result.output
+
+
+def test_unknown_task_lists_valid_ones():
+    result, text = invoke("eval", "mnist")
+    assert result.exit_code == 2 and "fashion-mnist, openclipart" in text
+
+
+def test_demo_runs_both_tasks_and_text_search(data_dirs, tmp_path):
+    out = tmp_path / "demo"
+    result, text = invoke("demo", "--out", str(out), "--steps", "20", "--num-queries", "20",
+                          "--cache-dir", str(data_dirs["cache"]), "--no-progress")
+    assert result.exit_code == 0, text
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [r["task"] for r in results] == ["fashion-mnist", "openclipart"]
+    assert set(results[1]["rows"]["genir"]) >= {"R@1", "R@5", "R@10"}
+    assert "openclipart: 6 queries, 30 items" in result.output
+    # the saved openclipart index answers text queries with its own aligned encoder
+    result, text = invoke("search", str(out / "openclipart" / "index"), "--text", "red square",
+                          "-k", "3", "--json")
+    assert result.exit_code == 0, text
+    assert all(h["item_id"].startswith("openclipart/") for h in json.loads(result.output))

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import clustered
+from genir.decoder.model import DecoderConfig
+from genir.decoder.train import SameLabelSampler, TrainConfig
+from genir.eval import metrics as M
+from genir.eval.flat import FlatIndex
+from genir.ids.rq import RQConfig
+from genir.index import GenerativeIndex, IndexConfig, SearchConfig
+
+
+def tiny_config(**search) -> IndexConfig:
+    return IndexConfig(rq=RQConfig(num_levels=3, codebook_size=8),
+                       decoder=DecoderConfig(d_model=32, num_layers=2, num_heads=2, num_prefix=4),
+                       train=TrainConfig(steps=150, batch_size=64, lr=3e-3, warmup_steps=10),
+                       search=SearchConfig(**search))
+
+
+@pytest.fixture(scope="module")
+def built():
+    x, labels, centers = clustered(500, num_classes=5, dim=16, noise=0.9, seed=0)
+    index = GenerativeIndex.build(x, queries=x, sampler=SameLabelSampler(labels, labels),
+                                  config=tiny_config(beam_size=8))
+    rng = np.random.default_rng(1)
+    qlab = rng.integers(5, size=40)
+    q = centers[qlab] + 0.9 * rng.normal(size=(40, 16))
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    return index, x, labels, q, qlab
+
+
+def naive_expand(index, leaves, leaf_scores):
+    """Reference for GenerativeIndex._expand: loop over beams and their items."""
+    out = []
+    for q in range(leaves.shape[0]):
+        row = []
+        for leaf, score in zip(leaves[q].tolist(), leaf_scores[q].tolist(), strict=True):
+            if leaf >= 0:
+                row += [(int(i), score) for i in index.table.items_of(leaf)]
+        out.append(row)
+    return out
+
+
+def test_expand_matches_naive_loop(built):
+    index = built[0]
+    leaves = torch.tensor([[3, 0, -1], [1, 2, 5]])
+    scores = torch.tensor([[-0.1, -0.5, float("-inf")], [-1.0, -2.0, -3.0]])
+    cand, cand_scores = index._expand(leaves, scores)
+    for q, ref in enumerate(naive_expand(index, leaves, scores)):
+        got = [(int(i), float(s)) for i, s in zip(cand[q], cand_scores[q], strict=True) if i >= 0]
+        assert got == [(i, pytest.approx(s)) for i, s in ref]
+
+
+def test_search_returns_valid_sorted_results_and_learns_classes(built):
+    index, x, labels, q, qlab = built
+    scores, rows = index.search(q, 10)
+    assert scores.shape == rows.shape == (40, 10)
+    assert rows.min() >= 0 and rows.max() < len(x)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    hits = M.hit_matrix(rows, query_labels=qlab, item_labels=labels)
+    assert M.precision_at(hits, 10) > 0.8  # 5 well-separated classes: chance is 0.2
+
+
+def test_rerank_orders_candidates_by_cosine(built):
+    index, x, labels, q, _ = built
+    scores, rows = index.search(q, 5, rerank=True)
+    assert np.allclose(scores, np.einsum("qkd,qd->qk", x[rows], q), atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    # rerank picks the best of the beam's candidates, so it can only match or beat
+    # flat k-NN's similarity at rank 1 when flat's top item is among them
+    flat_scores, _ = FlatIndex(x).search(q, 1)
+    assert (scores[:, 0] <= flat_scores[:, 0] + 1e-5).all()
+
+
+def test_batch_size_does_not_change_results(built):
+    index, *_, q, _ = built
+    a = index.search(q, 10)
+    index.config.search.batch_size = 7
+    try:
+        b = index.search(q, 10)
+    finally:
+        index.config.search.batch_size = 256
+    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0], atol=1e-5)
+
+
+def test_save_load_gives_identical_results(built, tmp_path):
+    index, *_, q, _ = built
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and "weights.safetensors" in manifest["files"]
+    loaded = GenerativeIndex.load(tmp_path / "idx")
+    for rerank in (False, True):
+        a, b = index.search(q, 10, rerank=rerank), loaded.search(q, 10, rerank=rerank)
+        assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+    assert loaded.item_ids == index.item_ids and loaded.config.to_dict() == index.config.to_dict()
+
+
+def test_load_rejects_corrupt_files(built, tmp_path):
+    index = built[0]
+    index.save(tmp_path / "idx")
+    weights = tmp_path / "idx" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        GenerativeIndex.load(tmp_path / "idx")
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        GenerativeIndex.load(tmp_path / "nothing")
+
+
+def test_fewer_items_than_k_pads_with_minus_one():
+    x, _, _ = clustered(12, num_classes=2, dim=8)
+    index = GenerativeIndex.build(x, config=tiny_config(beam_size=4))
+    scores, rows = index.search(x[:3], 20)
+    assert (rows[:, :12] >= 0).all() and (rows[:, 12:] == -1).all()
+    assert np.isinf(scores[:, 12:]).all()
+    assert sorted(rows[0, :12].tolist()) == list(range(12))
+
+
+def test_bad_queries_and_k_are_rejected(built):
+    index = built[0]
+    with pytest.raises(ValueError, match=r"\(Q, 16\)"):
+        index.search(np.zeros((2, 5), np.float32), 3)
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(np.zeros((2, 16), np.float32), 0)
