@@ -63,7 +63,7 @@ def test_search_by_image(fmnist_index, tmp_path):
     Image.fromarray(class_images(np.array([3]))[0]).save(path)
     result, text = invoke("search", str(fmnist_index), "--image", str(path), "-k", "5", "--json")
     assert result.exit_code == 0, text
-    hits = json.loads(result.output)
+    hits = json.loads(result.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert all(h["item_id"].startswith("fmnist-train-") for h in hits)
 
@@ -115,4 +115,4 @@ def test_demo_runs_both_tasks_and_text_search(data_dirs, tmp_path):
     result, text = invoke("search", str(out / "openclipart" / "index"), "--text", "red square",
                           "-k", "3", "--json")
     assert result.exit_code == 0, text
-    assert all(h["item_id"].startswith("openclipart/") for h in json.loads(result.output))
+    assert all(h["item_id"].startswith("openclipart/") for h in json.loads(result.stdout))

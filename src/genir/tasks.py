@@ -66,8 +66,11 @@ def default_config(task: str, *, quick: bool = False) -> IndexConfig:
     if quick:
         cfg.train.steps = 500
     if task == "openclipart":
+        # 8k items: 3 levels of 128 codes (2M IDs) leave few collisions but the duplicated
+        # captions/images; 128 and 256 codes scored the same here (R@10 0.208 vs 0.203)
         cfg.rq.codebook_size = 64 if quick else 128
         cfg.rq.num_levels = 3
+        cfg.train.steps = 300 if quick else 1500
     return cfg
 
 

@@ -8,7 +8,7 @@ The supervised variants (IRGen, AVG, GENIUS losses) are separate tokenizers with
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -23,18 +23,19 @@ class RQConfig:
     kmeans_iters: int = 15          # Lloyd iterations per level
     max_fit_points: int = 20_000    # k-means runs on a seeded sample this large
     seed: int = 0                   # k-means++ seeding and sampling
-    codebook_sizes: tuple[int, ...] = field(init=False)  # derived: K per level
 
     def __post_init__(self) -> None:
         if self.num_levels < 1 or self.codebook_size < 1:
             raise ValueError("num_levels and codebook_size must be >= 1, got "
                              f"{self.num_levels} and {self.codebook_size}")
-        self.codebook_sizes = (self.codebook_size,) * self.num_levels
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        """K per level (derived)."""
+        return (self.codebook_size,) * self.num_levels
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("codebook_sizes")
-        return d
+        return asdict(self)
 
 
 class ResidualQuantizer:
