@@ -116,3 +116,15 @@ def test_demo_runs_both_tasks_and_text_search(data_dirs, tmp_path):
                           "-k", "3", "--json")
     assert result.exit_code == 0, text
     assert all(h["item_id"].startswith("openclipart/") for h in json.loads(result.stdout))
+    # and evaluates with its own heads on the same held-out captions as the demo
+    result, text = invoke("eval", "openclipart", "--index", str(out / "openclipart" / "index"),
+                          "--num-queries", "20", "--cache-dir", str(data_dirs["cache"]),
+                          "--no-progress", "--json", str(tmp_path / "oc.json"))
+    assert result.exit_code == 0, text
+    again = json.loads((tmp_path / "oc.json").read_text())["rows"]
+    for method in ("genir", "flat knn"):
+        for metric in ("R@1", "R@5", "R@10", "MRR"):
+            assert again[method][metric] == results[1]["rows"][method][metric]
+    # an index of another task is refused by name
+    result, text = invoke("eval", "fashion-mnist", "--index", str(out / "openclipart" / "index"))
+    assert result.exit_code == 2 and "built for task 'openclipart'" in text

@@ -44,13 +44,13 @@ def _cache(cache_dir: Path | None):
 
 
 def _prepare(task: str, *, cache_dir: Path | None, num_queries: int, limit: int | None,
-             progress: bool):
+             progress: bool, encoder: Any = None):
     from genir import tasks
     from genir.data.corpus import MissingDataError
 
     try:
         return tasks.prepare(task, cache=_cache(cache_dir), num_queries=num_queries,
-                             limit=limit, progress=progress)
+                             limit=limit, encoder=encoder, progress=progress)
     except (MissingDataError, ValueError) as exc:
         _fail(str(exc))
 
@@ -170,22 +170,26 @@ def eval_(task: TaskArg,
     """Score genir, genir+rerank and flat k-NN on a bundled task."""
     from genir import tasks
     from genir.index import GenerativeIndex
+    from genir.query import QueryEncoder
 
-    data = _prepare(task, cache_dir=cache_dir, num_queries=num_queries, limit=limit,
-                    progress=progress)
+    index, encoder = None, None
     if index_dir is not None:
-        if task == "openclipart":
-            _fail("--index is supported for fashion-mnist only: an openclipart index carries "
-                  "its own trained projection heads, and the held-out split must match; "
-                  "run without --index")
         try:
             index = GenerativeIndex.load(index_dir)
+            if index.extra.get("task") != task:
+                _fail(f"{index_dir} was built for task {index.extra.get('task')!r}, not {task!r}")
+            if task == "openclipart":  # reuse the index's projection heads
+                encoder = QueryEncoder.for_index(index_dir, index).encoder
+                encoder.cache = _cache(cache_dir)
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
-        if index.item_ids != data.item_ids:
-            _fail(f"{index_dir} was not built on the {task} gallery")
-    else:
+    data = _prepare(task, cache_dir=cache_dir, num_queries=num_queries, limit=limit,
+                    encoder=encoder, progress=progress)
+    if index is None:
         index = tasks.build(data, _config(task, quick, steps), progress=progress)
+    elif index.item_ids != data.item_ids:
+        _fail(f"{index_dir} was not built on the {task} gallery"
+              + (" with this --limit" if limit else ""))
     result = tasks.evaluate(data, index, beam_size=beam_size)
     typer.echo(tasks.format_table(result))
     if json_out is not None:

@@ -28,6 +28,7 @@ from genir.eval.flat import FlatIndex
 from genir.index import GenerativeIndex, IndexConfig
 
 TASKS = ("fashion-mnist", "openclipart")
+MAX_HELD_OUT = 1000  # openclipart captions kept out of all training (at most n / 5)
 
 
 @dataclass
@@ -76,7 +77,12 @@ def default_config(task: str, *, quick: bool = False) -> IndexConfig:
 
 def prepare(task: str, *, cache: EmbeddingCache | None = None, num_queries: int = 1000,
             image_size: int | None = None, limit: int | None = None, seed: int = 0,
-            progress: bool = False) -> TaskData:
+            encoder: Any = None, progress: bool = False) -> TaskData:
+    """Load a bundled task and embed it (cached).
+
+    encoder: for openclipart, an already fitted `AlignedEncoder` (from a saved index) to
+    reuse instead of training new projection heads.
+    """
     _check_task(task)
     cache = cache or EmbeddingCache()
     if task == "fashion-mnist":
@@ -85,7 +91,7 @@ def prepare(task: str, *, cache: EmbeddingCache | None = None, num_queries: int 
                                       progress=progress)
     return _prepare_openclipart(cache=cache, num_queries=num_queries,
                                 image_size=image_size or 128, limit=limit, seed=seed,
-                                progress=progress)
+                                encoder=encoder, progress=progress)
 
 
 def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_size: int,
@@ -119,7 +125,7 @@ def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_siz
 
 
 def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size: int,
-                         limit: int | None, seed: int, progress: bool) -> TaskData:
+                         limit: int | None, seed: int, encoder: Any, progress: bool) -> TaskData:
     from genir.data.openclipart import load_openclipart
     from genir.encoders.aligned import AlignedEncoder
     from genir.encoders.towers import EfficientNetLiteTower
@@ -128,16 +134,22 @@ def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size:
     assert corpus.texts is not None and corpus.images is not None
     n = len(corpus)
     rng = np.random.default_rng(seed)
-    held_out = np.sort(rng.choice(n, min(num_queries, n // 5), replace=False))
-    train = np.setdiff1d(np.arange(n), held_out)
-    encoder = AlignedEncoder(image_tower=EfficientNetLiteTower(image_size=image_size),
-                             cache=cache)
+    # the held-out pool is fixed by the seed alone (not by num_queries), so an index built
+    # with any num_queries never trained on a caption that a later evaluation asks
+    pool = rng.permutation(n)[:min(MAX_HELD_OUT, n // 5)]
+    held_out = np.sort(pool[:num_queries])
+    train = np.setdiff1d(np.arange(n), pool)
+    fit_heads = encoder is None
+    if encoder is None:
+        encoder = AlignedEncoder(image_tower=EfficientNetLiteTower(image_size=image_size),
+                                 cache=cache)
     t0 = time.perf_counter()
     image_feats = encoder.image_features(corpus.images, progress=progress)
     text_feats = encoder.text_features(corpus.texts, progress=progress)
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    encoder.fit_features(image_feats[train], text_feats[train], progress=progress)
+    if fit_heads:
+        encoder.fit_features(image_feats[train], text_feats[train], progress=progress)
     align_s = time.perf_counter() - t0
     item_emb = encoder.project_images(image_feats)
     text_emb = encoder.project_texts(text_feats)
@@ -151,7 +163,8 @@ def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size:
         query_emb=text_emb[held_out], relevance={"relevant_items": held_out},
         num_relevant=np.ones(len(held_out), dtype=np.int64),
         metric_ks={"precision": (), "recall": (1, 5, 10), "map": ()},
-        encoder_spec={"type": "aligned", "path": "encoder", "image_size": image_size},
+        encoder_spec={"type": "aligned", "path": "encoder", "image_size": image_size,
+                      "held_out": {"seed": seed, "size": len(pool)}},
         encoder=encoder, timings={"embed_s": embed_s, "align_s": align_s},
         texts=[corpus.texts[i] for i in held_out])
 
