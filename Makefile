@@ -14,6 +14,7 @@ demo: install
 	$(VENV)/bin/genir demo
 
 test: install
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
 # Hermetic tests only (no Debian data, no slow marker): the inner loop while developing.

@@ -106,12 +106,14 @@ def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_siz
         gallery = gallery.subset(np.sort(rng.choice(len(gallery), limit, replace=False)))
     queries = test.subset(np.sort(rng.choice(len(test), min(num_queries, len(test)),
                                              replace=False)))
+    gallery_images, query_images = gallery.images, queries.images
+    assert gallery_images is not None and query_images is not None
     tower = EfficientNetLiteTower(image_size=image_size)
     t0 = time.perf_counter()
-    item_emb = cache.get_or_compute(tower.cache_key(), "image", gallery.images,
-                                    lambda: tower.encode_images(gallery.images, progress=progress))
-    query_emb = cache.get_or_compute(tower.cache_key(), "image", queries.images,
-                                     lambda: tower.encode_images(queries.images, progress=progress))
+    item_emb = cache.get_or_compute(tower.cache_key(), "image", gallery_images,
+                                    lambda: tower.encode_images(gallery_images, progress=progress))
+    query_emb = cache.get_or_compute(tower.cache_key(), "image", query_images,
+                                     lambda: tower.encode_images(query_images, progress=progress))
     labels = gallery.labels
     assert labels is not None and queries.labels is not None
     return TaskData(

@@ -137,7 +137,7 @@ class CodeDecoder(nn.Module):
         mem = self.memory(query)
         x = self.drop(self.embed_codes(codes[:, :-1]))
         for block in self.blocks:
-            x = block(x, block.cross_attn.keys_values(mem))
+            x = block(x, block.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
         x = self.ln_f(x)
         return [head(x[:, lv]) for lv, head in enumerate(self.heads)]
 
@@ -162,10 +162,11 @@ class DecoderSession:
 
     def __init__(self, model: CodeDecoder, query: torch.Tensor) -> None:
         self.model = model
+        self.blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
         self.num_queries = query.shape[0]
         mem = model.memory(query)
         # cross-attention K/V once per query: (Q, H, N, hd), shared by the query's beams
-        self.memory_kv = [blk.cross_attn.keys_values(mem) for blk in model.blocks]
+        self.memory_kv = [blk.cross_attn.keys_values(mem) for blk in self.blocks]
         self.self_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         x = model.bos.expand(self.num_queries, 1, -1) + model.pos[0]
         self.hidden = self._step(x, beams=1)
@@ -174,7 +175,7 @@ class DecoderSession:
         """x (Q * beams, 1, d) new tokens -> (Q * beams, d) final hidden; grows the cache."""
         q = self.num_queries
         new_cache = []
-        for i, blk in enumerate(self.model.blocks):
+        for i, blk in enumerate(self.blocks):
             h = blk.ln_self(x)
             k, v = blk.self_attn.keys_values(h)
             if self.self_kv:

@@ -82,7 +82,7 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-def encode_batched(items: Sequence[Any], fn: Callable[[Sequence[Any]], np.ndarray], *,
+def encode_batched(items: Sequence[Any] | np.ndarray, fn: Callable[[Any], np.ndarray], *,
                    batch_size: int, progress: bool, desc: str) -> np.ndarray:
     """Apply `fn` to consecutive batches of `items` and stack the (B, D) results."""
     from tqdm.auto import tqdm
