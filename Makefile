@@ -29,7 +29,7 @@ install-python: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,clip,serve]'
+	$(PY) -m pip install --quiet -e '.[dev,clip,serve,bench]'
 	touch $(STAMP)
 
 install-data:

@@ -89,3 +89,21 @@ def test_incremental_decoding_matches_teacher_forcing():
                                    atol=1e-5, rtol=1e-5)
         if level < 2:
             session.advance(level, codes[:, level:level + 1], torch.zeros(3, 1, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("seed,beam", [(0, 3), (1, 5), (2, 8)])
+def test_fast_beam_search_equals_slow_reference(seed, beam):
+    from genir.search.reference import reference_beam_search
+
+    rng = np.random.default_rng(seed)
+    model = tiny_decoder(seed=seed)
+    table = IDTable.from_codes(rng.integers([4, 3, 5], size=(30, 3)))
+    trie = CodeTrie.from_unique_ids(table.unique_ids)
+    queries = torch.randn(4, 6, generator=torch.Generator().manual_seed(seed))
+    leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=4,
+                                             beam_size=beam)
+    ref_ids, ref_scores = reference_beam_search(model, queries, table.unique_ids, beam_size=beam)
+    for q in range(4):
+        got = [tuple(table.unique_ids[leaf].tolist()) for leaf in leaves[q].tolist() if leaf >= 0]
+        assert got == ref_ids[q]
+        np.testing.assert_allclose(scores[q, :len(got)].numpy(), ref_scores[q], atol=1e-4)

@@ -1,0 +1,203 @@
+"""Search speed: genir's trie-constrained beam search against the slow reference and FAISS.
+
+Not a test: prints a table, writes JSON (and a PNG plot with matplotlib). Synthetic codes
+and embeddings (speed does not depend on what the codes mean), a randomly initialised
+decoder of the default size, one process, so every figure is measured side by side.
+
+    .venv/bin/python benchmarks/search_speed.py --sizes 10000 100000 1000000
+
+Columns: queries/s over all measured queries, p50/p95 latency of one search call (a batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genir.decoder.model import CodeDecoder, DecoderConfig
+from genir.ids.rq import ResidualQuantizer, RQConfig
+from genir.ids.table import IDTable
+from genir.index import GenerativeIndex, IndexConfig
+from genir.search.reference import reference_beam_search
+from genir.search.trie import CodeTrie
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed_batches(fn, queries: np.ndarray, batch: int) -> dict[str, float]:
+    fn(queries[:batch])  # warm-up
+    lat = []
+    for start in range(0, len(queries) - batch + 1, batch):
+        t0 = time.perf_counter()
+        fn(queries[start:start + batch])
+        lat.append(time.perf_counter() - t0)
+    total = sum(lat)
+    return {"qps": len(lat) * batch / total, "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+            "p95_ms": 1e3 * float(np.percentile(lat, 95))}
+
+
+def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def decoder_flops_per_query(cfg: DecoderConfig, beam: int) -> float:
+    """Multiply-adds x 2 of one query's search: prefix memory once, then M levels x beams."""
+    d, layers, p = cfg.d_model, cfg.num_layers, cfg.num_prefix
+    memory = cfg.query_dim * d + d * p * d + layers * 2 * d * d * p
+    per_token = layers * (4 * d * d + 2 * d * d + 2 * cfg.mlp_ratio * d * d)
+    steps = sum(min(beam, 1 if lv == 0 else beam) * (per_token + d * k)
+                for lv, k in enumerate(cfg.codebook_sizes))
+    return 2.0 * (memory + steps)
+
+
+def faiss_indexes(emb: np.ndarray, hnsw_max: int):
+    import faiss
+
+    n, dim = emb.shape
+    out = {}
+    t0 = time.perf_counter()
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(emb)
+    out["faiss flat"] = (flat, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    nlist = int(min(4096, 4 * np.sqrt(n)))
+    ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, 32, 8, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    ivf.train(emb[rng.choice(n, min(n, 40 * nlist), replace=False)])
+    ivf.add(emb)
+    ivf.nprobe = 16
+    out["faiss ivf-pq"] = (ivf, time.perf_counter() - t0)
+    if n <= hnsw_max:
+        t0 = time.perf_counter()
+        hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efSearch = 64
+        hnsw.add(emb)
+        out["faiss hnsw"] = (hnsw, time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--beams", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--num-queries", type=int, default=128)
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--levels", type=int, default=4)
+    ap.add_argument("--codebook-size", type=int, default=256)
+    ap.add_argument("--reference-queries", type=int, default=4)
+    ap.add_argument("--hnsw-max", type=int, default=100_000, help="skip HNSW above this N")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/search_speed.json"))
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels)
+    decoder = CodeDecoder(cfg).eval()
+    gflops = matmul_gflops()
+    queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"matmul {gflops:.0f} GFLOP/s, decoder d={cfg.d_model} L={cfg.num_layers} "
+          f"P={cfg.num_prefix}, ID {args.levels} x {args.codebook_size}")
+    for n in args.sizes:
+        emb = rng.normal(size=(n, args.dim)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        codes = rng.integers(args.codebook_size, size=(n, args.levels))
+        t0 = time.perf_counter()
+        table = IDTable.from_codes(codes)
+        trie = CodeTrie.from_unique_ids(table.unique_ids)
+        build_s = time.perf_counter() - t0
+        tok = ResidualQuantizer(RQConfig(num_levels=args.levels, codebook_size=args.codebook_size))
+        index = GenerativeIndex(tokenizer=tok, decoder=decoder, item_emb=emb, codes=codes,
+                                item_ids=[str(i) for i in range(n)], config=IndexConfig())
+        trie_mb = trie.nbytes() / 2**20
+        table_mb = (table.items.nbytes + table.offsets.nbytes + table.unique_ids.nbytes) / 2**20
+        print(f"\nN={n:,}: table+trie built in {build_s:.2f} s; trie {trie_mb:.1f} MB, "
+              f"ID table {table_mb:.1f} MB")
+        base = {"N": n, "trie_build_s": build_s, "trie_mb": trie_mb, "table_mb": table_mb}
+        for beam in args.beams:
+            flops = decoder_flops_per_query(cfg, beam)
+            for batch in args.batches:
+                nq = args.num_queries if batch > 1 else max(8, args.num_queries // 8)
+                for rerank in (False, True):
+                    r = timed_batches(lambda q, b=beam, rr=rerank, ix=index: ix.search(
+                        q, args.k, beam_size=b, rerank=rr), queries[:nq], batch)
+                    name = "genir+rerank" if rerank else "genir"
+                    frac = flops * r["qps"] / (gflops * 1e9)
+                    rows.append({**base, "method": name, "beam": beam, "batch": batch, **r,
+                                 "gflop_per_query": flops / 1e9, "fraction_of_matmul_peak": frac})
+                    print(f"  {name:<13} beam {beam:>2} batch {batch:>2}: {r['qps']:8.1f} q/s  "
+                          f"p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  "
+                          f"({flops / 1e6:.1f} MFLOP/query, {100 * frac:.1f}% of matmul peak)")
+            if args.reference_queries and n <= 100_000:
+                t0 = time.perf_counter()
+                reference_beam_search(decoder, torch.from_numpy(queries[:args.reference_queries]),
+                                      table.unique_ids, beam_size=beam)
+                qps = args.reference_queries / (time.perf_counter() - t0)
+                rows.append({**base, "method": "slow reference", "beam": beam, "batch": 1,
+                             "qps": qps})
+                print(f"  {'slow reference':<13} beam {beam:>2} batch  1: {qps:8.1f} q/s")
+        for name, (idx, build) in faiss_indexes(emb, args.hnsw_max).items():
+            for batch in args.batches:
+                nq = args.num_queries if batch > 1 else max(8, args.num_queries // 8)
+                r = timed_batches(lambda q, i=idx: i.search(q, args.k), queries[:nq], batch)
+                rows.append({**base, "method": name, "batch": batch, "build_s": build, **r})
+                print(f"  {name:<13}         batch {batch:>2}: {r['qps']:8.1f} q/s  "
+                      f"p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  (built {build:.1f} s)")
+    print(f"\npeak RSS {peak_rss_mb():.0f} MB")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.machine(), "threads": torch.get_num_threads(),
+            "matmul_gflops": gflops, "peak_rss_mb": peak_rss_mb(), "args": vars(args)}
+    args.out.write_text(json.dumps({"meta": {**meta, "args": {k: str(v) for k, v in
+                                                               vars(args).items()}},
+                                    "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+    plot(rows, args.out.with_suffix(".png"))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    batch = max(r["batch"] for r in rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["batch"] != batch or r["method"] == "slow reference":
+            continue
+        label = r["method"] + (f" beam {r['beam']}" if "beam" in r else "")
+        series.setdefault(label, []).append((r["N"], r["qps"]))
+    for label, pts in sorted(series.items()):
+        xs, ys = zip(*sorted(pts), strict=True)
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="corpus size N", ylabel="queries/s",
+           title=f"search speed, batch {batch}, 2-core CPU")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
