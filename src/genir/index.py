@@ -73,11 +73,56 @@ class GenerativeIndex:
         self.item_ids = list(item_ids)
         self.config = config
         self.extra = dict(extra or {})   # free-form JSON saved in the manifest (encoder spec...)
+        if len(set(self.item_ids)) != len(self.item_ids):
+            raise ValueError("item_ids must be unique")
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """ID table, trie and lookup tensors from the current items (1M items: about 3 s)."""
         self.table = IDTable.from_codes(self.codes)
         self.trie = CodeTrie.from_unique_ids(self.table.unique_ids)
         self._item_emb_t = torch.from_numpy(self.item_emb)
         self._items_t = torch.from_numpy(self.table.items)
         self._offsets_t = torch.from_numpy(self.table.offsets)
+        self._row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
+
+    # ------------------------------------------------------------ add / remove
+    def add(self, item_emb: np.ndarray, item_ids: list[str]) -> np.ndarray:
+        """Tokenize new items with the fitted tokenizer and make them searchable, without
+        retraining the decoder (IRGen's "fresh data" setting). -> their rows (M,) int64."""
+        emb = np.asarray(item_emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.item_emb.shape[1] or len(emb) != len(item_ids):
+            raise ValueError(f"add needs (M, {self.item_emb.shape[1]}) embeddings and M ids, got "
+                             f"shape {emb.shape} and {len(item_ids)} ids")
+        clash = [i for i in item_ids if i in self._row_of]
+        if clash or len(set(item_ids)) != len(item_ids):
+            raise ValueError(f"item ids already in the index or repeated: {clash[:5] or item_ids[:5]}")
+        codes = self.tokenizer.encode(emb)
+        first = len(self.item_ids)
+        self.item_emb = np.concatenate([self.item_emb, emb])
+        self.codes = np.concatenate([self.codes, codes])
+        self.item_ids = self.item_ids + list(item_ids)
+        self._rebuild()
+        return np.arange(first, len(self.item_ids), dtype=np.int64)
+
+    def remove(self, item_ids: list[str]) -> int:
+        """Drop items by id; later rows shift down (like FAISS remove_ids). -> number removed."""
+        unknown = [i for i in item_ids if i not in self._row_of]
+        if unknown:
+            raise KeyError(f"unknown item ids: {unknown[:5]}")
+        drop = np.zeros(len(self.item_ids), dtype=bool)
+        drop[[self._row_of[i] for i in item_ids]] = True
+        if drop.all():
+            raise ValueError("cannot remove every item: an index needs at least one")
+        keep = ~drop
+        self.item_emb = np.ascontiguousarray(self.item_emb[keep])
+        self.codes = self.codes[keep]
+        self.item_ids = [i for i, k in zip(self.item_ids, keep, strict=True) if k]
+        self._rebuild()
+        return int(drop.sum())
+
+    def row_of(self, item_id: str) -> int:
+        return self._row_of[item_id]
 
     # ------------------------------------------------------------------ build
     @classmethod
