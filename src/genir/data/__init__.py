@@ -6,8 +6,17 @@ import.
 
 from __future__ import annotations
 
+from genir.data.benchmarks import (
+    RetrievalSplit,
+    load_cars196,
+    load_cub200,
+    load_inshop,
+    load_karpathy,
+    load_mbeir,
+)
 from genir.data.corpus import Corpus, MissingDataError
 from genir.data.fashion_mnist import load_fashion_mnist
 from genir.data.openclipart import load_openclipart
 
-__all__ = ["Corpus", "MissingDataError", "load_fashion_mnist", "load_openclipart"]
+__all__ = ["Corpus", "MissingDataError", "RetrievalSplit", "load_cars196", "load_cub200",
+           "load_fashion_mnist", "load_inshop", "load_karpathy", "load_mbeir", "load_openclipart"]

@@ -40,7 +40,8 @@ CARS_HINT = ("Stanford Cars (cars_annos.mat and car_ims.tgz, unpacked side by si
 KARPATHY_HINT = ("the Karpathy split (dataset_flickr30k.json / dataset_coco.json in "
                  "caption_datasets.zip) from Andrej Karpathy's NeuralTalk page; the images from "
                  "the Flickr30K and MS-COCO 2014 pages")
-MBEIR_HINT = "M-BEIR (query/, cand_pool/, qrels/, mbeir_images/) from TIGER-Lab/M-BEIR on the Hugging Face Hub"
+MBEIR_HINT = ("M-BEIR (query/, cand_pool/, qrels/, mbeir_images/) from TIGER-Lab/M-BEIR on the "
+              "Hugging Face Hub (UniIR)")
 
 INSHOP_PARTITION = "Eval/list_eval_partition.txt"
 INSHOP_HEADER = ["image_name", "item_id", "evaluation_status"]
@@ -92,16 +93,16 @@ def load_inshop(root: str | Path) -> RetrievalSplit:
     rows: dict[str, list[tuple[str, str]]] = {"query": [], "gallery": []}
     seen: set[str] = set()
     declared, num_rows = -1, 0
-    for lineno, line in _lines(path):
-        if lineno == 1:
+    for position, (lineno, line) in enumerate(_lines(path)):
+        if position == 0:
             if not line.isdigit():
-                raise ValueError(f"{path}:1: expected the number of rows, got {line!r}")
+                raise ValueError(f"{path}:{lineno}: expected the number of rows, got {line!r}")
             declared = int(line)
             continue
-        if lineno == 2:
+        if position == 1:
             if line.split() != INSHOP_HEADER:
-                raise ValueError(f"{path}:2: expected the header {' '.join(INSHOP_HEADER)!r}, "
-                                 f"got {line!r}")
+                raise ValueError(f"{path}:{lineno}: expected the header "
+                                 f"{' '.join(INSHOP_HEADER)!r}, got {line!r}")
             continue
         fields = line.split()
         if len(fields) != 3 or fields[2] not in INSHOP_STATUSES:
@@ -116,7 +117,7 @@ def load_inshop(root: str | Path) -> RetrievalSplit:
             rows[status].append((image_name, item_id))
     if declared < 0:
         raise ValueError(f"{path}:1: empty file, expected the number of rows")
-    if declared != num_rows:
+    if declared != num_rows:  # a truncated download or a hand-edited list
         raise ValueError(f"{path}:1: declares {declared} rows, the file has {num_rows}")
 
     label_names = sorted({item_id for part in rows.values() for _, item_id in part})
@@ -171,8 +172,8 @@ def load_cub200(root: str | Path, *, split: str = "classes") -> RetrievalSplit:
     else:
         keep = [i for i in rel_paths if class_ids[i] in CUB_TEST_CLASSES]
     label_names = None
-    if classes_path.is_file():
-        names = _read_id_table(classes_path, "<class_id> <name>", str)
+    names = _read_id_table(classes_path, "<class_id> <name>", str) if classes_path.is_file() else {}
+    if names:
         label_names = [names.get(str(c), str(c)) for c in range(1, max(map(int, names)) + 1)]
     corpus = Corpus(name=f"cub200-test-{split}", item_ids=[rel_paths[i] for i in keep],
                     modality="image", images=[str(root / "images" / rel_paths[i]) for i in keep],
@@ -253,7 +254,8 @@ def _loadmat(path: Path) -> dict[str, Any]:
         raise ImportError(f"reading {path.name} needs scipy: pip install scipy") from exc
     try:
         return loadmat(path)
-    except (MatReadError, ValueError, TypeError, OSError) as exc:
+    # scipy's reader raises IndexError on short garbage, NotImplementedError on v7.3 (HDF5)
+    except (MatReadError, ValueError, TypeError, OSError, IndexError, NotImplementedError) as exc:
         raise ValueError(f"{path}: not a readable MATLAB file: {exc}") from exc
 
 
