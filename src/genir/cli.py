@@ -27,6 +27,7 @@ QueriesOpt = Annotated[int, typer.Option("--num-queries", min=1, help="evaluatio
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=10,
                                               help="use only this many gallery items")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="decoder training steps")]
+TokenizerOpt = Annotated[str, typer.Option("--tokenizer", help="semantic IDs: rq or random")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="embedding cache folder")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="progress bars on long work")]
@@ -55,11 +56,13 @@ def _prepare(task: str, *, cache_dir: Path | None, num_queries: int, limit: int 
         _fail(str(exc))
 
 
-def _config(task: str, quick: bool, steps: int | None):
+def _config(task: str, quick: bool, steps: int | None, tokenizer: str = "rq"):
     from genir import tasks
 
     try:
         cfg = tasks.default_config(task, quick=quick)
+        cfg.tokenizer = tokenizer
+        cfg.__post_init__()
     except ValueError as exc:
         _fail(str(exc))
     if steps is not None:
@@ -112,11 +115,12 @@ def demo(out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/
 @app.command()
 def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index folder")],
           quick: QuickOpt = False, steps: StepsOpt = None, limit: LimitOpt = None,
-          cache_dir: CacheOpt = None, progress: ProgressOpt = True) -> None:
+          tokenizer: TokenizerOpt = "rq", cache_dir: CacheOpt = None,
+          progress: ProgressOpt = True) -> None:
     """Build a generative index on a bundled task and save it to --out."""
     from genir import tasks
 
-    config = _config(task, quick, steps)
+    config = _config(task, quick, steps, tokenizer)
     data = _prepare(task, cache_dir=cache_dir, num_queries=1, limit=limit, progress=progress)
     index = tasks.build(data, config, progress=progress)
     _save(index, data, out)
@@ -166,7 +170,8 @@ def eval_(task: TaskArg,
           json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
           quick: QuickOpt = False, num_queries: QueriesOpt = 1000, steps: StepsOpt = None,
           limit: LimitOpt = None, beam_size: Annotated[int | None, typer.Option(min=1)] = None,
-          cache_dir: CacheOpt = None, progress: ProgressOpt = True) -> None:
+          tokenizer: TokenizerOpt = "rq", cache_dir: CacheOpt = None,
+          progress: ProgressOpt = True) -> None:
     """Score genir, genir+rerank and flat k-NN on a bundled task."""
     from genir import tasks
     from genir.index import GenerativeIndex
@@ -186,7 +191,7 @@ def eval_(task: TaskArg,
     data = _prepare(task, cache_dir=cache_dir, num_queries=num_queries, limit=limit,
                     encoder=encoder, progress=progress)
     if index is None:
-        index = tasks.build(data, _config(task, quick, steps), progress=progress)
+        index = tasks.build(data, _config(task, quick, steps, tokenizer), progress=progress)
     elif index.item_ids != data.item_ids:
         _fail(f"{index_dir} was not built on the {task} gallery"
               + (" with this --limit" if limit else ""))

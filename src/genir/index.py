@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from genir.decoder.model import CodeDecoder, DecoderConfig
 from genir.decoder.train import PairSampler, Sampler, TrainConfig, train_decoder
+from genir.ids.random_ids import RandomTokenizer
 from genir.ids.rq import ResidualQuantizer, RQConfig
 from genir.ids.table import IDTable
 from genir.io import atomic_write_bytes, atomic_write_json, sha256_file
@@ -34,6 +35,8 @@ from genir.search.trie import CodeTrie
 
 FORMAT_VERSION = 1
 MAX_K = 1000  # the most results one query may ask for
+# semantic-ID tokenizers by name; each has fit / encode / decode / state_dict / from_state
+TOKENIZERS: dict[str, Any] = {"rq": ResidualQuantizer, "random": RandomTokenizer}
 
 
 @dataclass
@@ -45,23 +48,30 @@ class SearchConfig:
 
 @dataclass
 class IndexConfig:
+    tokenizer: str = "rq"        # a TOKENIZERS name: "rq" (default) or "random" (baseline)
     rq: RQConfig = field(default_factory=RQConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
 
+    def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose one of "
+                             f"{', '.join(sorted(TOKENIZERS))}")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"rq": self.rq.to_dict(), "decoder": self.decoder.to_dict(),
+        return {"tokenizer": self.tokenizer, "rq": self.rq.to_dict(), "decoder": self.decoder.to_dict(),
                 "train": self.train.to_dict(), "search": asdict(self.search)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
-        return cls(rq=RQConfig(**d["rq"]), decoder=DecoderConfig(**d["decoder"]),
+        return cls(tokenizer=d.get("tokenizer", "rq"), rq=RQConfig(**d["rq"]),
+                   decoder=DecoderConfig(**d["decoder"]),
                    train=TrainConfig(**d["train"]), search=SearchConfig(**d["search"]))
 
 
 class GenerativeIndex:
-    def __init__(self, *, tokenizer: ResidualQuantizer, decoder: CodeDecoder,
+    def __init__(self, *, tokenizer: Any, decoder: CodeDecoder,
                  item_emb: np.ndarray, codes: np.ndarray, item_ids: list[str],
                  config: IndexConfig, extra: dict[str, Any] | None = None) -> None:
         if len(item_ids) != len(item_emb) or len(codes) != len(item_emb):
@@ -147,7 +157,8 @@ class GenerativeIndex:
         assert sampler is not None
         timings = {}
         t0 = time.perf_counter()
-        tokenizer = ResidualQuantizer(config.rq).fit(item_emb)
+        config.__post_init__()  # re-check a name set after construction
+        tokenizer = TOKENIZERS[config.tokenizer](config.rq).fit(item_emb)
         codes = tokenizer.encode(item_emb)
         timings["tokenizer_s"] = time.perf_counter() - t0
         config.decoder.query_dim = int(np.asarray(queries).shape[1])
@@ -282,7 +293,7 @@ class GenerativeIndex:
         decoder = CodeDecoder(config.decoder)
         decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items()
                                  if k.startswith("decoder.")})
-        tokenizer = ResidualQuantizer.from_state(
+        tokenizer = TOKENIZERS[config.tokenizer].from_state(
             config.rq, {k[len("tokenizer."):]: v for k, v in tensors.items()
                         if k.startswith("tokenizer.")})
         item_ids = json.loads((path / "items.json").read_text())
