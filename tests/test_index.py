@@ -13,6 +13,7 @@ from genir.eval import metrics as M
 from genir.eval.flat import FlatIndex
 from genir.ids.rq import RQConfig
 from genir.index import GenerativeIndex, IndexConfig, SearchConfig
+from genir.search.beam import constrained_beam_search
 
 
 def tiny_config(**search) -> IndexConfig:
@@ -66,13 +67,19 @@ def test_search_returns_valid_sorted_results_and_learns_classes(built):
     assert M.precision_at(hits, 10) > 0.8  # 5 well-separated classes: chance is 0.2
 
 
-def test_rerank_orders_candidates_by_cosine(built):
+def test_rerank_equals_naive_cosine_sort_of_the_beam_candidates(built):
     index, x, labels, q, _ = built
-    scores, rows = index.search(q, 5, rerank=True)
-    assert np.allclose(scores, np.einsum("qkd,qd->qk", x[rows], q), atol=1e-5)
-    assert (np.diff(scores, axis=1) <= 1e-6).all()
-    # rerank picks the best of the beam's candidates, so it can only match or beat
-    # flat k-NN's similarity at rank 1 when flat's top item is among them
+    beam = 8
+    scores, rows = index.search(q, beam, rerank=True, beam_size=beam)
+    leaves, leaf_scores = constrained_beam_search(index.decoder.session(torch.from_numpy(q)),
+                                                  index.trie, num_queries=len(q), beam_size=beam)
+    for i, cands in enumerate(naive_expand(index, leaves, leaf_scores)):
+        items = np.array([item for item, _ in cands])
+        sims = x[items] @ q[i]
+        order = np.argsort(-sims, kind="stable")[:beam]
+        assert rows[i].tolist() == items[order].tolist()
+        assert np.allclose(scores[i], sims[order], atol=1e-5)
+    # never above exact search's best similarity
     flat_scores, _ = FlatIndex(x).search(q, 1)
     assert (scores[:, 0] <= flat_scores[:, 0] + 1e-5).all()
 

@@ -60,9 +60,11 @@ def _config(task: str, quick: bool, steps: int | None, tokenizer: str = "rq"):
     from genir import tasks
 
     try:
+        from genir.index import tokenizer_class
+
         cfg = tasks.default_config(task, quick=quick)
+        tokenizer_class(tokenizer)
         cfg.tokenizer = tokenizer
-        cfg.__post_init__()
     except ValueError as exc:
         _fail(str(exc))
     if steps is not None:

@@ -28,7 +28,7 @@ from genir.decoder.model import CodeDecoder, DecoderConfig
 from genir.decoder.train import PairSampler, Sampler, TrainConfig, train_decoder
 from genir.ids.random_ids import RandomTokenizer
 from genir.ids.rq import ResidualQuantizer, RQConfig
-from genir.ids.table import IDTable
+from genir.ids.table import IDTable, codebook_utilisation
 from genir.io import atomic_write_bytes, atomic_write_json, sha256_file
 from genir.search.beam import constrained_beam_search
 from genir.search.trie import CodeTrie
@@ -37,6 +37,13 @@ FORMAT_VERSION = 1
 MAX_K = 1000  # the most results one query may ask for
 # semantic-ID tokenizers by name; each has fit / encode / decode / state_dict / from_state
 TOKENIZERS: dict[str, Any] = {"rq": ResidualQuantizer, "random": RandomTokenizer}
+
+
+def tokenizer_class(name: str) -> Any:
+    """The tokenizer class called `name`; a ValueError lists the valid names."""
+    if name not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(sorted(TOKENIZERS))}")
+    return TOKENIZERS[name]
 
 
 @dataclass
@@ -55,9 +62,7 @@ class IndexConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
-        if self.tokenizer not in TOKENIZERS:
-            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose one of "
-                             f"{', '.join(sorted(TOKENIZERS))}")
+        tokenizer_class(self.tokenizer)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer, "rq": self.rq.to_dict(), "decoder": self.decoder.to_dict(),
@@ -131,9 +136,6 @@ class GenerativeIndex:
         self._rebuild()
         return int(drop.sum())
 
-    def row_of(self, item_id: str) -> int:
-        return self._row_of[item_id]
-
     # ------------------------------------------------------------------ build
     @classmethod
     def build(cls, item_emb: np.ndarray, *, item_ids: list[str] | None = None,
@@ -157,8 +159,7 @@ class GenerativeIndex:
         assert sampler is not None
         timings = {}
         t0 = time.perf_counter()
-        config.__post_init__()  # re-check a name set after construction
-        tokenizer = TOKENIZERS[config.tokenizer](config.rq).fit(item_emb)
+        tokenizer = tokenizer_class(config.tokenizer)(config.rq).fit(item_emb)
         codes = tokenizer.encode(item_emb)
         timings["tokenizer_s"] = time.perf_counter() - t0
         config.decoder.query_dim = int(np.asarray(queries).shape[1])
@@ -249,7 +250,8 @@ class GenerativeIndex:
 
     def stats(self) -> dict[str, Any]:
         return {**self.table.stats(),
-                "codebook_utilisation": self.tokenizer.utilisation(self.codes),
+                "codebook_utilisation": codebook_utilisation(self.codes,
+                                                             self.tokenizer.codebook_sizes),
                 "trie_bytes": self.trie.nbytes()}
 
     # ------------------------------------------------------------ persistence
@@ -293,7 +295,7 @@ class GenerativeIndex:
         decoder = CodeDecoder(config.decoder)
         decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items()
                                  if k.startswith("decoder.")})
-        tokenizer = TOKENIZERS[config.tokenizer].from_state(
+        tokenizer = tokenizer_class(config.tokenizer).from_state(
             config.rq, {k[len("tokenizer."):]: v for k, v in tensors.items()
                         if k.startswith("tokenizer.")})
         item_ids = json.loads((path / "items.json").read_text())

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from genir.data.corpus import Corpus, MissingDataError
-from genir.io import fsync_dir
+from genir.io import file_digest, fsync_dir
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "GENIR_FASHION_MNIST_DIR"
@@ -168,19 +168,11 @@ def download_fashion_mnist(dest: str | Path, *, base_url: str = BASE_URL,
     dest.mkdir(parents=True, exist_ok=True)
     for name, md5 in GZ_MD5.items():
         target = dest / name
-        if target.is_file() and _file_md5(target) == md5:
+        if target.is_file() and file_digest(target, "md5") == md5:
             continue
         _download_verified(base_url.rstrip("/") + "/" + name, target, md5,
                            opener=opener, timeout=timeout)
     return dest
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK_SIZE), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _download_verified(url: str, target: Path, md5: str, *,

@@ -64,6 +64,3 @@ class RandomTokenizer:
         tok = cls(config)
         tok.dim = int(state["dim"][0])
         return tok
-
-    def utilisation(self, codes: np.ndarray) -> list[float]:
-        return [len(np.unique(codes[:, lv])) / k for lv, k in enumerate(self.codebook_sizes)]

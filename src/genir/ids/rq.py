@@ -100,10 +100,6 @@ class ResidualQuantizer:
         tok.codebooks = [state[f"codebook.{i}"].float() for i in range(config.num_levels)]
         return tok
 
-    def utilisation(self, codes: np.ndarray) -> list[float]:
-        """Fraction of each level's codes used by `codes`."""
-        return [len(np.unique(codes[:, lv])) / k for lv, k in enumerate(self.codebook_sizes)]
-
     def _check_fitted(self) -> None:
         if not self.is_fitted:
             raise RuntimeError("the tokenizer is not fitted: call fit(embeddings) first")

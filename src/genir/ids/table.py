@@ -13,6 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def codebook_utilisation(codes: np.ndarray, codebook_sizes: tuple[int, ...]) -> list[float]:
+    """Fraction of each level's codes that `codes` (N, M) use."""
+    return [len(np.unique(codes[:, lv])) / k for lv, k in enumerate(codebook_sizes)]
+
+
 @dataclass
 class IDTable:
     unique_ids: np.ndarray   # (U, M) int64, sorted lexicographically
