@@ -99,7 +99,8 @@ def test_save_load_gives_identical_results(built, tmp_path):
     index, *_, q, _ = built
     index.save(tmp_path / "idx")
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and "weights.safetensors" in manifest["files"]
+    assert manifest["format_version"] == 2 and "weights.safetensors" in manifest["files"]
+    assert (tmp_path / "idx" / "items.sqlite").exists()
     loaded = GenerativeIndex.load(tmp_path / "idx")
     for rerank in (False, True):
         a, b = index.search(q, 10, rerank=rerank), loaded.search(q, 10, rerank=rerank)

@@ -73,7 +73,7 @@ def _config(task: str, quick: bool, steps: int | None, tokenizer: str = "rq"):
 
 
 def _save(index: Any, data: Any, out: Path) -> None:
-    index.save(out)
+    index.save(out, thumbnails=data.thumbnails())
     if data.encoder is not None:
         data.encoder.save(out / data.encoder_spec["path"])
 
@@ -201,6 +201,30 @@ def eval_(task: TaskArg,
     typer.echo(tasks.format_table(result))
     if json_out is not None:
         _write_json(json_out, result.to_dict())
+
+
+@app.command()
+def serve(index_dir: Annotated[Path, typer.Argument(help="a folder written by genir build")],
+          host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+          read_only: Annotated[bool, typer.Option("--read-only", help="refuse adds and "
+                                                  "removes; take no writer lock")] = False,
+          log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info") -> None:
+    """Serve an index over HTTP: web page at /, API docs at /docs."""
+    try:
+        import uvicorn
+
+        from genir.service.app import create_app
+    except ImportError as exc:
+        _fail(f"the service needs the 'serve' extra: pip install 'genir[serve]' ({exc})")
+    from genir.store import IndexLockedError, StoreCorruptError
+
+    try:
+        application = create_app(index_dir, writable=not read_only)
+    except (FileNotFoundError, ValueError, IndexLockedError, StoreCorruptError) as exc:
+        _fail(str(exc))
+    typer.echo(f"genir: serving {index_dir} on http://{host}:{port}/  (API docs: /docs)")
+    uvicorn.run(application, host=host, port=port, log_level=log_level)
 
 
 def main() -> None:

@@ -32,8 +32,10 @@ from genir.ids.table import IDTable, codebook_utilisation
 from genir.io import atomic_write_bytes, atomic_write_json, sha256_file
 from genir.search.beam import constrained_beam_search
 from genir.search.trie import CodeTrie
+from genir.store import STORE_FILE, ItemStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: items in items.sqlite (store.py); 1: items in weights + items.json
+READABLE_VERSIONS = (1, 2)
 MAX_K = 1000  # the most results one query may ask for
 # semantic-ID tokenizers by name; each has fit / encode / decode / state_dict / from_state
 TOKENIZERS: dict[str, Any] = {"rq": ResidualQuantizer, "random": RandomTokenizer}
@@ -78,9 +80,12 @@ class IndexConfig:
 class GenerativeIndex:
     def __init__(self, *, tokenizer: Any, decoder: CodeDecoder,
                  item_emb: np.ndarray, codes: np.ndarray, item_ids: list[str],
-                 config: IndexConfig, extra: dict[str, Any] | None = None) -> None:
+                 config: IndexConfig, extra: dict[str, Any] | None = None,
+                 item_meta: list[dict[str, Any]] | None = None) -> None:
         if len(item_ids) != len(item_emb) or len(codes) != len(item_emb):
             raise ValueError("item_ids, item_emb and codes must have one row per item")
+        if item_meta is not None and len(item_meta) != len(item_ids):
+            raise ValueError("item_meta must have one entry per item")
         self.tokenizer = tokenizer
         self.decoder = decoder.eval()
         self.item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
@@ -88,6 +93,9 @@ class GenerativeIndex:
         self.item_ids = list(item_ids)
         self.config = config
         self.extra = dict(extra or {})   # free-form JSON saved in the manifest (encoder spec...)
+        # per-item metadata (caption, label, source path...), saved in the item store
+        self.item_meta = list(item_meta) if item_meta is not None else [{} for _ in item_ids]
+        self.store: ItemStore | None = None   # set by open(writable=True): adds are durable
         if len(set(self.item_ids)) != len(self.item_ids):
             raise ValueError("item_ids must be unique")
         self._rebuild()
@@ -102,9 +110,14 @@ class GenerativeIndex:
         self._row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
 
     # ------------------------------------------------------------ add / remove
-    def add(self, item_emb: np.ndarray, item_ids: list[str]) -> np.ndarray:
+    def add(self, item_emb: np.ndarray, item_ids: list[str], *,
+            item_meta: list[dict[str, Any]] | None = None,
+            thumbnails: dict[str, bytes] | None = None) -> np.ndarray:
         """Tokenize new items with the fitted tokenizer and make them searchable, without
-        retraining the decoder (IRGen's "fresh data" setting). -> their rows (M,) int64."""
+        retraining the decoder (IRGen's "fresh data" setting). -> their rows (M,) int64.
+
+        On an index opened with `open(path, writable=True)` the items are committed to its
+        store before they become searchable: when add returns, they survive a crash."""
         emb = np.asarray(item_emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.item_emb.shape[1] or len(emb) != len(item_ids):
             raise ValueError(f"add needs (M, {self.item_emb.shape[1]}) embeddings and M ids, got "
@@ -112,11 +125,19 @@ class GenerativeIndex:
         clash = [i for i in item_ids if i in self._row_of]
         if clash or len(set(item_ids)) != len(item_ids):
             raise ValueError(f"item ids already in the index or repeated: {clash[:5] or item_ids[:5]}")
+        if item_meta is not None and len(item_meta) != len(item_ids):
+            raise ValueError("item_meta must have one entry per item")
+        if not np.isfinite(emb).all():
+            raise ValueError("embeddings contain NaN or inf")
+        metas = list(item_meta) if item_meta is not None else [{} for _ in item_ids]
         codes = self.tokenizer.encode(emb)
+        if self.store is not None:
+            self.store.add(item_ids, codes, emb, metas, thumbnails)
         first = len(self.item_ids)
         self.item_emb = np.concatenate([self.item_emb, emb])
         self.codes = np.concatenate([self.codes, codes])
         self.item_ids = self.item_ids + list(item_ids)
+        self.item_meta = self.item_meta + metas
         self._rebuild()
         return np.arange(first, len(self.item_ids), dtype=np.int64)
 
@@ -129,10 +150,13 @@ class GenerativeIndex:
         drop[[self._row_of[i] for i in item_ids]] = True
         if drop.all():
             raise ValueError("cannot remove every item: an index needs at least one")
+        if self.store is not None:
+            self.store.remove(item_ids)
         keep = ~drop
         self.item_emb = np.ascontiguousarray(self.item_emb[keep])
         self.codes = self.codes[keep]
         self.item_ids = [i for i, k in zip(self.item_ids, keep, strict=True) if k]
+        self.item_meta = [m for m, k in zip(self.item_meta, keep, strict=True) if k]
         self._rebuild()
         return int(drop.sum())
 
@@ -141,7 +165,8 @@ class GenerativeIndex:
     def build(cls, item_emb: np.ndarray, *, item_ids: list[str] | None = None,
               queries: np.ndarray | None = None, sampler: Sampler | None = None,
               config: IndexConfig | None = None, progress: bool = False,
-              extra: dict[str, Any] | None = None) -> GenerativeIndex:
+              extra: dict[str, Any] | None = None,
+              item_meta: list[dict[str, Any]] | None = None) -> GenerativeIndex:
         """Fit the tokenizer on (N, D) item embeddings and train the decoder.
 
         queries (Nq, Dq) with `sampler` drawing (query row, item row) pairs; both None
@@ -173,7 +198,8 @@ class GenerativeIndex:
         info = {"train_timings": timings, "final_loss": float(np.mean(losses[-50:])),
                 "dead_code_reseeds": tokenizer.reseeds}
         return cls(tokenizer=tokenizer, decoder=decoder, item_emb=item_emb, codes=codes,
-                   item_ids=item_ids, config=config, extra={**info, **(extra or {})})
+                   item_ids=item_ids, config=config, extra={**info, **(extra or {})},
+                   item_meta=item_meta)
 
     # ----------------------------------------------------------------- search
     def __len__(self) -> int:
@@ -254,42 +280,52 @@ class GenerativeIndex:
                                                              self.tokenizer.codebook_sizes),
                 "trie_bytes": self.trie.nbytes()}
 
+    def row_of(self, item_id: str) -> int:
+        """The row of an item id; KeyError names an unknown id."""
+        try:
+            return self._row_of[item_id]
+        except KeyError:
+            raise KeyError(f"unknown item id {item_id!r}") from None
+
     # ------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
-        """Write weights (safetensors), items and a manifest (last) into folder `path`."""
+    def save(self, path: str | Path, *, thumbnails: dict[str, bytes] | None = None) -> None:
+        """Write weights (safetensors), the item store (SQLite) and, last, the manifest into
+        folder `path`; each file atomically. `thumbnails` maps item id -> PNG bytes."""
         path = Path(path)
+        if self.store is not None and path.resolve() == self.store.folder.resolve():
+            raise ValueError(f"{path} is this index's own open store: its items are already "
+                             "saved as they change; save to another folder")
         path.mkdir(parents=True, exist_ok=True)
         tensors = {f"decoder.{k}": v.contiguous() for k, v in self.decoder.state_dict().items()}
         tensors.update({f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()})
-        tensors["item_emb"] = torch.from_numpy(self.item_emb)
-        tensors["codes"] = torch.from_numpy(self.codes)
         from safetensors.torch import save as save_bytes
+
+        if thumbnails is None and self.store is not None:
+            thumbnails = {i: png for i in self.item_ids
+                          if (png := self.store.thumbnail(i)) is not None}
+        manifest_path = path / "manifest.json"
+        manifest_path.unlink(missing_ok=True)   # a half-replaced folder must not load
         atomic_write_bytes(path / "weights.safetensors", save_bytes(tensors))
-        atomic_write_json(path / "items.json", self.item_ids)
-        files = {name: sha256_file(path / name) for name in ("weights.safetensors", "items.json")}
-        atomic_write_json(path / "manifest.json", {
+        ItemStore.create(path, item_ids=self.item_ids, codes=self.codes, emb=self.item_emb,
+                         metas=self.item_meta, thumbnails=thumbnails)
+        (path / "items.json").unlink(missing_ok=True)   # a format-1 leftover
+        atomic_write_json(manifest_path, {
             "format": "genir-index", "format_version": FORMAT_VERSION,
-            "config": self.config.to_dict(), "files": files, "num_items": len(self),
-            "extra": self.extra})
+            "config": self.config.to_dict(), "store": STORE_FILE,
+            "files": {"weights.safetensors": sha256_file(path / "weights.safetensors")},
+            "num_items": len(self), "extra": self.extra})
 
     @classmethod
     def load(cls, path: str | Path) -> GenerativeIndex:
+        """Read a saved index (format 1 or 2), checking every checksum."""
+        return cls.open(path, writable=False)
+
+    @classmethod
+    def open(cls, path: str | Path, *, writable: bool = False) -> GenerativeIndex:
+        """Load an index; with writable=True keep its item store open under the writer lock
+        so add/remove are committed to disk as they happen (call close() when done)."""
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{path} is not a genir index: no manifest.json")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != "genir-index":
-            raise ValueError(f"{manifest_path} is not a genir index manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: index format version {manifest.get('format_version')} "
-                             f"is not supported (this genir reads {FORMAT_VERSION})")
-        for name, digest in manifest["files"].items():
-            if not (path / name).exists():
-                raise FileNotFoundError(f"{path}: {name} is missing")
-            if sha256_file(path / name) != digest:
-                raise ValueError(f"{path}: {name} does not match its checksum in the manifest "
-                                 "(corrupt or modified)")
+        manifest = _read_manifest(path)
         config = IndexConfig.from_dict(manifest["config"])
         tensors = load_file(str(path / "weights.safetensors"))
         decoder = CodeDecoder(config.decoder)
@@ -298,10 +334,57 @@ class GenerativeIndex:
         tokenizer = tokenizer_class(config.tokenizer).from_state(
             config.rq, {k[len("tokenizer."):]: v for k, v in tensors.items()
                         if k.startswith("tokenizer.")})
-        item_ids = json.loads((path / "items.json").read_text())
-        return cls(tokenizer=tokenizer, decoder=decoder, item_emb=tensors["item_emb"].numpy(),
-                   codes=tensors["codes"].numpy(), item_ids=item_ids, config=config,
-                   extra=manifest.get("extra", {}))
+        extra = manifest.get("extra", {})
+        if manifest["format_version"] == 1:
+            if writable:
+                raise ValueError(f"{path} is a format-1 index (no item store): load it and "
+                                 "save it to a new folder to make it writable")
+            item_ids = json.loads((path / "items.json").read_text())
+            return cls(tokenizer=tokenizer, decoder=decoder, item_emb=tensors["item_emb"].numpy(),
+                       codes=tensors["codes"].numpy(), item_ids=item_ids, config=config,
+                       extra=extra)
+        store = ItemStore(path, writable=writable)
+        try:
+            store.check()
+            item_ids, codes, emb, metas = store.load_live()
+            index = cls(tokenizer=tokenizer, decoder=decoder, item_emb=emb, codes=codes,
+                        item_ids=item_ids, config=config, extra=extra, item_meta=metas)
+        except BaseException:
+            store.close()
+            raise
+        if writable:
+            index.store = store
+        else:
+            store.close()
+        return index
+
+    def close(self) -> None:
+        """Release the item store and its writer lock (a no-op when none is open)."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{path} is not a genir index: no manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != "genir-index":
+        raise ValueError(f"{manifest_path} is not a genir index manifest")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: index format version {manifest.get('format_version')} "
+                         f"is not supported (this genir reads {READABLE_VERSIONS})")
+    for name, digest in manifest["files"].items():
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path}: {name} is missing")
+        if sha256_file(path / name) != digest:
+            raise ValueError(f"{path}: {name} does not match its checksum in the manifest "
+                             "(corrupt or modified)")
+    return manifest
 
 
 __all__ = ["FORMAT_VERSION", "MAX_K", "GenerativeIndex", "IndexConfig", "SearchConfig"]

@@ -38,7 +38,16 @@ class QueryEncoder:
 
             return cls(spec, AlignedEncoder.load(Path(index_dir) / spec["path"],
                                                  cache=EmbeddingCache(enabled=False)))
+        if kind == "pixel-hash":
+            from genir.encoders.simple import PixelHashEncoder
+
+            return cls(spec, PixelHashEncoder(dim=spec["dim"], seed=spec["seed"]))
         raise ValueError(f"{index_dir}: unknown encoder type {kind!r} in the manifest")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Query modalities this encoder embeds."""
+        return ("image", "text") if hasattr(self.encoder, "encode_texts") else ("image",)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not hasattr(self.encoder, "encode_texts"):

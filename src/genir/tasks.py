@@ -48,6 +48,24 @@ class TaskData:
     encoder: Any = None           # an object with save(path), when the task trained one
     timings: dict[str, float] = field(default_factory=dict)
     texts: list[str] | None = None
+    item_meta: list[dict[str, Any]] | None = None   # per gallery item: caption, label, source
+    thumbnail_source: Any = None  # (N, H, W) uint8 gallery pixels to store as PNG thumbnails
+
+    def thumbnails(self) -> dict[str, bytes] | None:
+        """item id -> PNG bytes, for galleries whose pixels are in memory (Fashion-MNIST);
+        items with an image_path in their metadata get theirs made on request."""
+        if self.thumbnail_source is None:
+            return None
+        import io
+
+        from PIL import Image
+
+        out = {}
+        for item_id, pixels in zip(self.item_ids, self.thumbnail_source, strict=True):
+            buf = io.BytesIO()
+            Image.fromarray(np.asarray(pixels)).save(buf, format="PNG")
+            out[item_id] = buf.getvalue()
+        return out
 
 
 @dataclass
@@ -124,7 +142,12 @@ def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_siz
         num_relevant=np.bincount(labels, minlength=10)[queries.labels],
         metric_ks={"precision": (1, 10, 30), "recall": (10,), "map": (100,)},
         encoder_spec={"type": "efficientnet-lite0", "image_size": image_size},
-        timings={"embed_s": time.perf_counter() - t0})
+        timings={"embed_s": time.perf_counter() - t0},
+        item_meta=[{"caption": gallery.label_names[lab], "label": gallery.label_names[lab],
+                    "source": f"fashion-mnist {item_id}"}
+                   for item_id, lab in zip(gallery.item_ids, labels.tolist(), strict=True)]
+        if gallery.label_names else None,
+        thumbnail_source=gallery_images if isinstance(gallery_images, np.ndarray) else None)
 
 
 def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size: int,
@@ -169,14 +192,18 @@ def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size:
         encoder_spec={"type": "aligned", "path": "encoder", "image_size": image_size,
                       "held_out": {"seed": seed, "size": len(pool)}},
         encoder=encoder, timings={"embed_s": embed_s, "align_s": align_s},
-        texts=[corpus.texts[i] for i in held_out])
+        texts=[corpus.texts[i] for i in held_out],
+        item_meta=[{"caption": text, "image_path": str(path), "source": "openclipart"}
+                   for text, path in zip(corpus.texts, corpus.images, strict=True)])
 
 
 def build(data: TaskData, config: IndexConfig, *, progress: bool = False) -> GenerativeIndex:
     return GenerativeIndex.build(data.item_emb, item_ids=data.item_ids,
                                  queries=data.train_queries, sampler=data.sampler,
                                  config=config, progress=progress,
-                                 extra={"task": data.name, "encoder": data.encoder_spec})
+                                 extra={"task": data.name, "encoder": data.encoder_spec,
+                                        "item_modality": "image"},
+                                 item_meta=data.item_meta)
 
 
 def evaluate(data: TaskData, index: GenerativeIndex, *, beam_size: int | None = None

@@ -1,0 +1,1 @@
+"""HTTP service (FastAPI, extra `serve`) and its web page; see `genir serve`."""
