@@ -8,12 +8,14 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := dataset-fashion-mnist openclipart-png openclipart-svg wordnet-base
 STAMP  := $(VENV)/.genir-installed
 
-.PHONY: demo test test-fast install install-python install-data lint clean
+BROWSER_PACKAGES := chromium
+
+.PHONY: demo test test-fast install install-python install-data install-browser lint clean
 
 demo: install
 	$(VENV)/bin/genir demo
 
-test: install
+test: install install-browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
@@ -38,6 +40,16 @@ install-data:
 	else \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+# Debian's Chromium, driven by Playwright (pip) in tests/test_browser.py; Playwright's own
+# browser download is not used (executable_path points at /usr/bin/chromium).
+install-browser:
+	@if dpkg -s $(BROWSER_PACKAGES) >/dev/null 2>&1; then \
+	  echo "Debian browser package already installed: $(BROWSER_PACKAGES)"; \
+	else \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); \
 	fi
 
 lint: install-python

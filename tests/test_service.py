@@ -92,6 +92,8 @@ def test_search_by_text_both_and_with_instruction(client):
     assert r.json()["query"] == {"modality": "text", "instruction": None, "k": 3, "rerank": True}
     r = client.post("/search", files=image_file(), data={"text": "stripes", "k": "4"})
     assert r.status_code == 200 and r.json()["query"]["modality"] == "image_text"
+    untyped = {"image": ("noext", png_bytes(pattern_image(0, 7)), "application/octet-stream")}
+    assert client.post("/search", files=untyped).status_code == 200
     r = client.post("/search", files=image_file(),
                     data={"instruction": "Retrieve a similar image.", "k": "2"})
     assert r.status_code == 200
@@ -105,6 +107,8 @@ def test_item_and_thumbnail(client):
     thumb = client.get(item["thumbnail"])
     assert thumb.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(thumb.content)).size == (32, 32)
+    again = client.get(item["thumbnail"], headers={"If-None-Match": thumb.headers["etag"]})
+    assert again.status_code == 304 and not again.content
     assert_error(client.get("/items/nope"), 404, "'nope'")
     assert_error(client.get("/items/nope/thumbnail"), 404, "'nope'")
 
@@ -161,6 +165,8 @@ BAD_SEARCHES = [
     ({"files": {"image": ("q.txt", b"hello", "text/plain")}}, 415, "q.txt", "not an image"),
     ({"files": {"image": ("q.png", b"", "image/png")}}, 422, "empty"),
     ({"files": {"image": ("q.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")}}, 422,
+     "cannot decode"),
+    ({"files": {"image": ("q.bin", b"not an image at all", "application/octet-stream")}}, 422,
      "cannot decode"),
     ({"files": {"image": ("q.png", png_bytes(pattern_image(0, 1))[:120], "image/png")}}, 422,
      "cannot decode"),

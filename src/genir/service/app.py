@@ -11,6 +11,7 @@ problem; nothing stored changes on a refused request.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import threading
@@ -25,7 +26,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -174,7 +175,7 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
 
     @app.get("/items/{item_id:path}/thumbnail", summary="An item's thumbnail (PNG)",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    def thumbnail(item_id: str) -> Response:
+    def thumbnail(item_id: str, request: Request) -> Response:
         with state.lock:
             row = _row(state.index, item_id)
             meta = state.index.item_meta[row]
@@ -183,8 +184,12 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
             png = _thumbnail_from_path(meta["image_path"])
         if png is None:
             raise HTTPException(404, f"item {item_id!r} has no image")
-        return Response(png, media_type="image/png",
-                        headers={"Cache-Control": "public, max-age=3600"})
+        # an id removed and added again gets a new image: revalidate by content
+        etag = '"' + hashlib.sha256(png).hexdigest()[:32] + '"'
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/items/{item_id:path}", summary="An item's codes and metadata")
     def get_item(item_id: str) -> dict[str, Any]:
@@ -278,7 +283,8 @@ def _read_image(upload: UploadFile | None) -> Image.Image:
     assert upload is not None
     name = upload.filename or "upload"
     ctype = (upload.content_type or "").split(";")[0].strip().lower()
-    if not ctype.startswith("image/"):
+    # a file without a known extension comes as octet-stream: let Pillow decide
+    if not ctype.startswith("image/") and ctype not in ("", "application/octet-stream"):
         raise HTTPException(415, f"{name}: content type {ctype or 'none'!r} is not an image; "
                                  "upload a PNG, JPEG, GIF, BMP or WebP file")
     data = upload.file.read(MAX_UPLOAD_BYTES + 1)

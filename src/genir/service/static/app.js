@@ -74,9 +74,12 @@ const dropZone = $("drop-zone");
 function showPreview() {
   const file = fileInput.files[0];
   const preview = dropZone.querySelector(".preview");
-  if ($("q-preview").src) URL.revokeObjectURL($("q-preview").src);
+  const img = $("q-preview");
+  if (img.src) URL.revokeObjectURL(img.src);
   preview.hidden = !file;
-  $("q-preview").src = file ? URL.createObjectURL(file) : "";
+  img.hidden = !(file && file.type.startsWith("image/"));   // no broken icon for a .txt
+  if (!img.hidden) img.src = URL.createObjectURL(file);
+  else img.removeAttribute("src");
 }
 
 fileInput.addEventListener("change", showPreview);
@@ -129,8 +132,10 @@ $("search-form").addEventListener("submit", async (e) => {
   try {
     const res = await api("/search", {method: "POST", body: form});
     $("results").replaceChildren(...res.results.map(resultCard));
-    $("summary").textContent = `${res.results.length} for a ${res.query.modality} query ` +
-      `in ${res.took_ms.toFixed(1)} ms${res.query.rerank ? ", reranked" : ""}`;
+    const parts = [`${res.results.length} results`, `${res.query.modality} query`,
+                   `${res.took_ms.toFixed(1)} ms`];
+    if (res.query.rerank) parts.push("reranked");
+    $("summary").textContent = parts.join(" · ");
     await loadStats();
   } catch (err) {
     showAlert($("alert"), err.message);
