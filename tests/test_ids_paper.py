@@ -188,16 +188,11 @@ def test_irgen_loss_gradients_follow_stop_gradient_and_straight_through():
 # ---------------------------------------------------------------- IRGen tokenizer
 
 
-def _class_and_nuisance(num_items: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """4 classes in 4 weak dims, plus 4 unrelated strong clusters in 12 dims: unsupervised
-    k-means finds the nuisance clusters, a class-supervised tokenizer should not."""
-    rng = np.random.default_rng(seed)
-    centers = np.random.default_rng(100).normal(size=(4, 4))
-    nuisance = 4 * np.random.default_rng(101).normal(size=(4, 12))
-    labels = rng.integers(4, size=num_items)
-    x = np.concatenate([centers[labels] + 0.3 * rng.normal(size=(num_items, 4)),
-                        nuisance[rng.integers(4, size=num_items)] + 0.3 * rng.normal(size=(num_items, 12))], 1)
-    return x.astype(np.float32), labels
+def _two_modes_per_class(num_items: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """8 Gaussian blobs, class = blob % 4: each class is two unrelated blobs, so k-means with
+    K = 4 merges blobs of different classes, and only the labels say which belong together."""
+    x, blob, _ = clustered(num_items, num_classes=8, dim=16, noise=0.5, seed=seed)
+    return x, blob % 4
 
 
 def _purity(codes: np.ndarray, labels: np.ndarray) -> float:
@@ -212,20 +207,20 @@ def _small_irgen(**overrides) -> IRGenConfig:
 
 
 def test_irgen_level1_codes_are_purer_in_class_than_plain_rq():
-    x, labels = _class_and_nuisance(600)
-    new_x, new_labels = _class_and_nuisance(300, seed=1)
+    x, labels = _two_modes_per_class(900)  # same blobs: fit on 600, check 300 unseen
+    x, labels, new_x, new_labels = x[:600], labels[:600], x[600:], labels[600:]
     rq = ResidualQuantizer(RQConfig(num_levels=2, codebook_size=4)).fit(x)
     tok = IRGenTokenizer(_small_irgen()).fit(x, labels)
     rq_purity = _purity(rq.encode(x)[:, 0], labels)
     irgen_purity = _purity(tok.encode(x)[:, 0], labels)
-    # measured: RQ 0.30 (it splits the nuisance clusters), IRGen 0.99
-    assert irgen_purity > rq_purity + 0.5, (rq_purity, irgen_purity)
-    assert _purity(tok.encode(new_x)[:, 0], new_labels) > 0.9  # unseen items too
+    # measured: RQ 0.52 (it merges blobs of different classes), IRGen 0.99 (seeds 0-3 alike)
+    assert irgen_purity > rq_purity + 0.3, (rq_purity, irgen_purity)
+    assert irgen_purity > 0.9 and _purity(tok.encode(new_x)[:, 0], new_labels) > 0.9
     assert tok.history[-1]["cls"] < tok.history[0]["cls"]
 
 
 def test_irgen_is_deterministic_and_round_trips_through_safetensors(tmp_path):
-    x, labels = _class_and_nuisance(200)
+    x, labels = _two_modes_per_class(200)
     cfg = _small_irgen(steps=60, hidden_dim=16)
     tok = IRGenTokenizer(cfg).fit(x, labels)
     codes = tok.encode(x)
@@ -244,7 +239,7 @@ def test_irgen_is_deterministic_and_round_trips_through_safetensors(tmp_path):
 
 
 def test_irgen_needs_labels_and_rejects_bad_input():
-    x, labels = _class_and_nuisance(50)
+    x, labels = _two_modes_per_class(50)
     tok = IRGenTokenizer(_small_irgen(steps=5))
     with pytest.raises(ValueError, match="needs class labels"):
         tok.fit(x)

@@ -27,7 +27,8 @@ QueriesOpt = Annotated[int, typer.Option("--num-queries", min=1, help="evaluatio
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=10,
                                               help="use only this many gallery items")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="decoder training steps")]
-TokenizerOpt = Annotated[str, typer.Option("--tokenizer", help="semantic IDs: rq or random")]
+TokenizerOpt = Annotated[str, typer.Option("--tokenizer", help="semantic IDs: rq, random, hkmeans, irgen "
+                                                   "(needs labels) or avg (needs captions)")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="embedding cache folder")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="progress bars on long work")]
@@ -65,6 +66,7 @@ def _config(task: str, quick: bool, steps: int | None, tokenizer: str = "rq"):
         cfg = tasks.default_config(task, quick=quick)
         tokenizer_class(tokenizer)
         cfg.tokenizer = tokenizer
+        cfg.check()
     except ValueError as exc:
         _fail(str(exc))
     if steps is not None:
@@ -201,6 +203,25 @@ def eval_(task: TaskArg,
     typer.echo(tasks.format_table(result))
     if json_out is not None:
         _write_json(json_out, result.to_dict())
+
+
+@app.command()
+def ablate(out: Annotated[Path, typer.Option(help="folder for tables, JSON and plots")]
+           = Path("runs/ablations"),
+           quick: Annotated[bool, typer.Option("--quick", help="small galleries and few steps "
+                                               "(minutes, not hours)")] = False,
+           study: Annotated[list[str] | None, typer.Option(
+               "--study", help="run only these studies (repeat the option); default: all")] = None,
+           cache_dir: CacheOpt = None, progress: ProgressOpt = False) -> None:
+    """Re-run the papers' ablation tables on the bundled data (genir ablate --quick)."""
+    from genir import ablate as ablations
+    from genir.data.corpus import MissingDataError
+
+    try:
+        ablations.run(out, quick=quick, studies=study or ablations.STUDIES,
+                      cache=_cache(cache_dir), progress=progress, log=typer.echo)
+    except (MissingDataError, ValueError) as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -24,8 +24,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from genir.decoder.model import CodeDecoder, DecoderConfig
+from genir.decoder.model import CodeDecoder, DecoderConfig, init_code_embeddings
 from genir.decoder.train import PairSampler, Sampler, TrainConfig, train_decoder
+from genir.ids.avg import AVGConfig, AVGTokenizer
+from genir.ids.hkmeans import HierarchicalKMeansTokenizer
+from genir.ids.irgen import IRGenConfig, IRGenTokenizer
 from genir.ids.random_ids import RandomTokenizer
 from genir.ids.rq import ResidualQuantizer, RQConfig
 from genir.ids.table import IDTable, codebook_utilisation
@@ -38,7 +41,17 @@ FORMAT_VERSION = 2   # 2: items in items.sqlite (store.py); 1: items in weights 
 READABLE_VERSIONS = (1, 2)
 MAX_K = 1000  # the most results one query may ask for
 # semantic-ID tokenizers by name; each has fit / encode / decode / state_dict / from_state
-TOKENIZERS: dict[str, Any] = {"rq": ResidualQuantizer, "random": RandomTokenizer}
+TOKENIZERS: dict[str, Any] = {
+    "rq": ResidualQuantizer,                  # plain residual quantization (default)
+    "random": RandomTokenizer,                # random IDs, same length and range (baseline)
+    "hkmeans": HierarchicalKMeansTokenizer,   # hierarchical k-means (DSI / NCI baseline)
+    "irgen": IRGenTokenizer,                  # RQ supervised by class labels (IRGen eq. 3-4)
+    "avg": AVGTokenizer,                      # RQ aligned with captions (AVG eq. 3-6)
+}
+# the config class each tokenizer reads (a subclass of RQConfig: the RQ fields plus its own)
+TOKENIZER_CONFIGS: dict[str, type[RQConfig]] = {"irgen": IRGenConfig, "avg": AVGConfig}
+# what each tokenizer's fit needs beside the item embeddings
+TOKENIZER_NEEDS = {"irgen": "item_labels", "avg": "item_text_emb"}
 
 
 def tokenizer_class(name: str) -> Any:
@@ -62,19 +75,36 @@ class IndexConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    # AVG voken embeddings: start each level's code embeddings from the tokenizer's codebook
+    # (projected to d_model, rescaled to unit RMS) instead of random
+    voken_init: bool = False
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> IndexConfig:
+        """Validate the tokenizer name and give `rq` the config class that tokenizer reads
+        (its RQ fields kept, the tokenizer's own defaults for the rest). -> self"""
         tokenizer_class(self.tokenizer)
+        wanted = TOKENIZER_CONFIGS.get(self.tokenizer, RQConfig)
+        if type(self.rq) is not wanted:   # e.g. RQConfig -> IRGenConfig with IRGen defaults
+            base = {f: getattr(self.rq, f) for f in RQConfig.__dataclass_fields__}
+            self.rq = wanted(**base)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer, "rq": self.rq.to_dict(), "decoder": self.decoder.to_dict(),
-                "train": self.train.to_dict(), "search": asdict(self.search)}
+                "train": self.train.to_dict(), "search": asdict(self.search),
+                "voken_init": self.voken_init}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
-        return cls(tokenizer=d.get("tokenizer", "rq"), rq=RQConfig(**d["rq"]),
+        tokenizer = d.get("tokenizer", "rq")
+        tokenizer_class(tokenizer)
+        return cls(tokenizer=tokenizer, rq=TOKENIZER_CONFIGS.get(tokenizer, RQConfig)(**d["rq"]),
                    decoder=DecoderConfig(**d["decoder"]),
-                   train=TrainConfig(**d["train"]), search=SearchConfig(**d["search"]))
+                   train=TrainConfig(**d["train"]), search=SearchConfig(**d["search"]),
+                   voken_init=d.get("voken_init", False))
 
 
 class GenerativeIndex:
@@ -166,13 +196,17 @@ class GenerativeIndex:
               queries: np.ndarray | None = None, sampler: Sampler | None = None,
               config: IndexConfig | None = None, progress: bool = False,
               extra: dict[str, Any] | None = None,
-              item_meta: list[dict[str, Any]] | None = None) -> GenerativeIndex:
+              item_meta: list[dict[str, Any]] | None = None,
+              item_labels: np.ndarray | None = None,
+              item_text_emb: np.ndarray | None = None) -> GenerativeIndex:
         """Fit the tokenizer on (N, D) item embeddings and train the decoder.
 
         queries (Nq, Dq) with `sampler` drawing (query row, item row) pairs; both None
-        means self-pairs (query = the item's own embedding).
+        means self-pairs (query = the item's own embedding). The supervised tokenizers
+        need more: "irgen" the items' class labels (N,), "avg" a caption vector per item
+        (N, D) in the items' space.
         """
-        config = config or IndexConfig()
+        config = (config or IndexConfig()).check()
         item_emb = np.asarray(item_emb, dtype=np.float32)
         if item_ids is None:
             item_ids = [str(i) for i in range(len(item_emb))]
@@ -184,18 +218,28 @@ class GenerativeIndex:
         assert sampler is not None
         timings = {}
         t0 = time.perf_counter()
-        tokenizer = tokenizer_class(config.tokenizer)(config.rq).fit(item_emb)
+        tokenizer = tokenizer_class(config.tokenizer)(config.rq)
+        need = TOKENIZER_NEEDS.get(config.tokenizer)
+        side = {"item_labels": item_labels, "item_text_emb": item_text_emb}.get(need or "")
+        if need and side is None:
+            raise ValueError(f"the {config.tokenizer!r} tokenizer needs {need}: pass "
+                             f"GenerativeIndex.build(..., {need}=...)")
+        tokenizer = tokenizer.fit(item_emb, side) if need else tokenizer.fit(item_emb)
         codes = tokenizer.encode(item_emb)
         timings["tokenizer_s"] = time.perf_counter() - t0
         config.decoder.query_dim = int(np.asarray(queries).shape[1])
         config.decoder.codebook_sizes = tokenizer.codebook_sizes
         torch.manual_seed(config.train.seed)
         decoder = CodeDecoder(config.decoder)
+        if config.voken_init:
+            init_code_embeddings(decoder, _level_codebooks(tokenizer, config.tokenizer),
+                                 seed=config.train.seed, rms=1.0)
         t0 = time.perf_counter()
         losses = train_decoder(decoder, queries=queries, item_codes=codes, sampler=sampler,
-                               config=config.train, progress=progress)
+                               config=config.train, progress=progress,
+                               item_emb=item_emb if config.train.query_aug != "none" else None)
         timings["decoder_s"] = time.perf_counter() - t0
-        info = {"train_timings": timings, "final_loss": float(np.mean(losses[-50:])),
+        info = {"train_timings": timings, "final_loss": float(np.mean(losses[-50:])) if losses else None,
                 "dead_code_reseeds": tokenizer.reseeds}
         return cls(tokenizer=tokenizer, decoder=decoder, item_emb=item_emb, codes=codes,
                    item_ids=item_ids, config=config, extra={**info, **(extra or {})},
@@ -363,6 +407,17 @@ class GenerativeIndex:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def _level_codebooks(tokenizer: Any, name: str) -> list[torch.Tensor]:
+    """Per-level (K_l, D) codebooks of a tokenizer, for voken initialisation."""
+    books = getattr(tokenizer, "codebooks", None)
+    if books is None and hasattr(tokenizer, "rq"):       # IRGen: RQ in the projected space
+        books = tokenizer.rq.codebooks
+    if not books or any(b.ndim != 2 for b in books):
+        raise ValueError(f"voken_init needs a tokenizer with one codebook per level; "
+                         f"{name!r} has none")
+    return list(books)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class TaskData:
     timings: dict[str, float] = field(default_factory=dict)
     texts: list[str] | None = None
     item_meta: list[dict[str, Any]] | None = None   # per gallery item: caption, label, source
+    item_labels: np.ndarray | None = None     # (N,) class per item (IRGen tokenizer)
+    item_text_emb: np.ndarray | None = None   # (N, D) each item's caption vector (AVG tokenizer)
     thumbnail_source: Any = None  # (N, H, W) uint8 gallery pixels to store as PNG thumbnails
 
     def thumbnails(self) -> dict[str, bytes] | None:
@@ -147,7 +149,8 @@ def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_siz
                     "source": f"fashion-mnist {item_id}"}
                    for item_id, lab in zip(gallery.item_ids, labels.tolist(), strict=True)]
         if gallery.label_names else None,
-        thumbnail_source=gallery_images if isinstance(gallery_images, np.ndarray) else None)
+        thumbnail_source=gallery_images if isinstance(gallery_images, np.ndarray) else None,
+        item_labels=labels)
 
 
 def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size: int,
@@ -193,8 +196,18 @@ def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size:
                       "held_out": {"seed": seed, "size": len(pool)}},
         encoder=encoder, timings={"embed_s": embed_s, "align_s": align_s},
         texts=[corpus.texts[i] for i in held_out],
+        item_text_emb=_captions_without_held_out(text_emb, item_emb, pool),
         item_meta=[{"caption": text, "image_path": str(path), "source": "openclipart"}
                    for text, path in zip(corpus.texts, corpus.images, strict=True)])
+
+
+def _captions_without_held_out(text_emb: np.ndarray, item_emb: np.ndarray,
+                               pool: np.ndarray) -> np.ndarray:
+    """Each item's caption vector for a caption-aligned tokenizer (AVG), except the held-out
+    query pool: those items get their own image vector, so no query caption is trained on."""
+    out = text_emb.copy()
+    out[pool] = item_emb[pool]
+    return out
 
 
 def build(data: TaskData, config: IndexConfig, *, progress: bool = False) -> GenerativeIndex:
@@ -203,7 +216,8 @@ def build(data: TaskData, config: IndexConfig, *, progress: bool = False) -> Gen
                                  config=config, progress=progress,
                                  extra={"task": data.name, "encoder": data.encoder_spec,
                                         "item_modality": "image"},
-                                 item_meta=data.item_meta)
+                                 item_meta=data.item_meta, item_labels=data.item_labels,
+                                 item_text_emb=data.item_text_emb)
 
 
 def evaluate(data: TaskData, index: GenerativeIndex, *, beam_size: int | None = None

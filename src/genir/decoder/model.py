@@ -10,12 +10,19 @@ only ever computed over the current level's vocabulary.
 keys/values are computed once per query and shared by all its beams (broadcast, not
 copied); the self-attention cache grows by one position per level and is re-ordered by
 the beams that survive. Training is in `genir.decoder.train`.
+
+`init_code_embeddings` is AVG's voken embedding (sec. 3.2, "copy the voken's embedding into
+the vocabulary"): each level's code embedding table starts from the tokenizer's codebook
+instead of at random (random stays the default; AVG Table 3 ablates the two).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -200,3 +207,49 @@ class DecoderSession:
         self.self_kv = [(k[rows], v[rows]) for k, v in self.self_kv]
         x = self.model.code_emb[level](codes.reshape(-1, 1)) + self.model.pos[level + 1]
         self.hidden = self._step(x, beams)
+
+
+def voken_projection(in_dim: int, out_dim: int, *, seed: int = 0) -> torch.Tensor:
+    """(in_dim, out_dim) fixed map from codebook width to d_model for `init_code_embeddings`.
+
+    The identity when the widths match (a plain copy, as AVG does); otherwise a seeded
+    Gaussian with entries N(0, 1/out_dim), which keeps squared norms and inner products in
+    expectation (Johnson-Lindenstrauss), so the codebook's geometry survives the change of
+    width. AVG says only that the voken embeddings are "transformed" into the vocabulary.
+    """
+    if in_dim == out_dim:
+        return torch.eye(in_dim)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(in_dim, out_dim, generator=gen) / math.sqrt(out_dim)
+
+
+@torch.no_grad()
+def init_code_embeddings(model: CodeDecoder, codebooks: Sequence[torch.Tensor | np.ndarray], *,
+                         seed: int = 0, rms: float | None = None) -> CodeDecoder:
+    """AVG voken embeddings: code_emb[l] <- codebooks[l] @ voken_projection(D, d_model).
+
+    codebooks: per level (K_l, D), e.g. `RQTokenizer.codebooks`; M tables (the last level's
+    code is never fed back, so its table is unused) or M - 1. The projection is fixed, only
+    an initialisation: the embeddings stay trainable, as in AVG (its ablation notes they
+    "can still be well learned"). rms: if given, each level's table is rescaled to that
+    root-mean-square entry (1.0 matches nn.Embedding's N(0, 1) init; residual codebooks of
+    deep levels are small); None copies the projected codebook unscaled. Returns `model`.
+    """
+    tables = model.code_emb
+    if len(codebooks) not in (len(tables), len(tables) + 1):
+        raise ValueError(f"need {len(tables) + 1} codebooks (one per level), got {len(codebooks)}")
+    books = [torch.as_tensor(np.asarray(c), dtype=torch.float32) for c in codebooks]
+    dims = {tuple(b.shape[1:]) for b in books}
+    if len(dims) != 1 or any(b.ndim != 2 for b in books):
+        raise ValueError(f"codebooks must all be (K_l, D) with one D, got "
+                         f"{[tuple(b.shape) for b in books]}")
+    proj = voken_projection(books[0].shape[1], model.config.d_model, seed=seed)
+    for level, emb in enumerate(tables):
+        if books[level].shape[0] != emb.num_embeddings:  # type: ignore[union-attr]
+            raise ValueError(f"level {level}: codebook has {books[level].shape[0]} codes, the "
+                             f"decoder {emb.num_embeddings}")  # type: ignore[union-attr]
+        table = books[level] @ proj
+        if rms is not None:
+            table = table * (rms / table.pow(2).mean().sqrt().clamp_min(1e-12))
+        emb.weight.copy_(table)  # type: ignore[union-attr,operator]
+    return model

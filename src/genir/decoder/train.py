@@ -5,6 +5,14 @@ Pairs come from a sampler, so a pair set never has to be materialised (60k queri
 `SameLabelSampler` draws a random target of the query's class (the IRGen training set-up).
 The schedule is step-based (linear warm-up, cosine decay) and seeded, so a run is
 reproducible from its `TrainConfig`.
+
+Two optional objectives from the papers, both off by default:
+- AVG's discriminative loss (eq. 8-10, `discriminative_loss`): trie-constrained beam search
+  over the training items' IDs, then -log softmax of the positive's sequence score among the
+  beam, added to the generative loss with weight `dis_weight`, every `dis_every` steps.
+- GENIUS' query augmentation (eq. 11, `mix_queries`): a query is replaced by an interpolation
+  between it and its target item's embedding (needs `item_emb`).
+What this is not: an evaluation loop or a model factory (see `genir.index`).
 """
 
 from __future__ import annotations
@@ -15,8 +23,13 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from genir.decoder.model import CodeDecoder
+from genir.search.beam import constrained_beam_search
+from genir.search.trie import CodeTrie
+
+QUERY_AUG_MODES = ("none", "sample", "dimension")
 
 
 @dataclass
@@ -29,6 +42,24 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0     # max gradient norm
     seed: int = 0              # init, sampling, dropout
+    dis_weight: float = 0.0    # AVG eq. (10) weight on L_dis; 0 = generative loss only
+    dis_beam: int = 10         # AVG eq. (8) beam size b of the discriminative loss
+    dis_every: int = 1         # add L_dis on every n-th step (a L_dis step costs ~13x a plain
+    #                            one on CPU at beam 10: search + re-scoring beam x batch IDs)
+    query_aug: str = "none"    # GENIUS eq. (11): "none", "sample" (paper) or "dimension" (code)
+    query_aug_alpha: float = 2.0  # μ ~ Beta(α, α) (GENIUS sec. 5.2: α = 2)
+    query_aug_prob: float = 1.0   # chance a query is augmented (the GENIUS code: every query)
+
+    def __post_init__(self) -> None:
+        if self.query_aug not in QUERY_AUG_MODES:
+            raise ValueError(f"unknown query_aug {self.query_aug!r}; choose one of "
+                             f"{', '.join(QUERY_AUG_MODES)}")
+        if self.dis_weight < 0 or self.dis_beam < 2 or self.dis_every < 1:
+            raise ValueError("need dis_weight >= 0, dis_beam >= 2 and dis_every >= 1, got "
+                             f"{self.dis_weight}, {self.dis_beam}, {self.dis_every}")
+        if self.query_aug_alpha <= 0 or not 0.0 <= self.query_aug_prob <= 1.0:
+            raise ValueError("need query_aug_alpha > 0 and 0 <= query_aug_prob <= 1, got "
+                             f"{self.query_aug_alpha}, {self.query_aug_prob}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,19 +114,109 @@ class SameLabelSampler:
         return q, self.order[self.start[q] + offset]
 
 
-def train_decoder(model: CodeDecoder, *, queries: np.ndarray, item_codes: np.ndarray,
-                  sampler: Sampler, config: TrainConfig, progress: bool = False,
-                  desc: str = "train decoder") -> list[float]:
-    """Fit `model` in place; returns the loss of every step.
+def mix_queries(queries: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator, *,
+                mode: str = "sample", alpha: float = 2.0, prob: float = 1.0) -> torch.Tensor:
+    """GENIUS query augmentation: (B, D) queries and their targets' embeddings -> (B, D).
 
-    queries: (Nq, Dq) float32 query embeddings; item_codes: (N, M) target IDs.
+    "sample" (eq. 11, the paper's text): z'_q = μ·z_q + (1 - μ)·z_c, one μ ~ Beta(α, α) per
+    query, so z'_q lies on the segment from z_q to z_c.
+    "dimension" (the public GENIUS code, which the paper does not describe): z'_q =
+    sqrt(μ)·z_q + sqrt(1 - μ)·z_c with a μ per query and dimension; that code L2-normalises
+    the mix, here rescaled to the query's norm (the same for our unit-norm queries).
+    Each query is augmented with probability `prob`, else kept. Draws come from `rng`.
+    """
+    if mode not in QUERY_AUG_MODES[1:]:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(QUERY_AUG_MODES[1:])}")
+    if queries.shape != targets.shape or queries.ndim != 2:
+        raise ValueError(f"queries and targets must both be (B, D), got {tuple(queries.shape)} "
+                         f"and {tuple(targets.shape)}")
+    b, d = queries.shape
+    mu = torch.from_numpy(rng.beta(alpha, alpha, size=(b, 1) if mode == "sample" else (b, d)))
+    mu = mu.to(queries.dtype)
+    if mode == "sample":
+        mixed = mu * queries + (1 - mu) * targets
+    else:
+        mixed = mu.sqrt() * queries + (1 - mu).sqrt() * targets
+        mixed = F.normalize(mixed, dim=1) * queries.norm(dim=1, keepdim=True)
+    keep = torch.from_numpy(rng.random(b) >= prob)[:, None]
+    return torch.where(keep, queries, mixed)
+
+
+def insert_positive(candidates: torch.Tensor, valid: torch.Tensor,
+                    target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Make sure each beam holds its positive ID exactly once.
+
+    candidates (B, b, M) codes of the beam, best first; valid (B, b) (False for -1 padding);
+    target (B, M). Where the target is missing it replaces the last (lowest or padding) slot.
+    -> (candidates, valid, positive slot (B,)).
+    """
+    found = (candidates == target[:, None]).all(-1) & valid  # (B, b)
+    present = found.any(1)
+    last = candidates.shape[1] - 1
+    pos = torch.where(present, found.int().argmax(1), torch.full_like(present, last, dtype=torch.int64))
+    candidates, valid = candidates.clone(), valid.clone()
+    candidates[~present, last] = target[~present]
+    valid[~present, last] = True
+    return candidates, valid, pos
+
+
+def discriminative_loss(model: CodeDecoder, query: torch.Tensor, target: torch.Tensor,
+                        trie: CodeTrie, unique_ids: torch.Tensor, *, beam_size: int) -> torch.Tensor:
+    """AVG eq. (8)-(9): L_dis = -log exp(s_p) / sum_j exp(s_j) over the beam, batch mean.
+
+    query (B, Dq); target (B, M) codes; trie built from `unique_ids` (U, M) (its leaf j is
+    row j). The beam (eq. 8) is searched without gradients and in eval mode (no dropout);
+    each returned ID is then re-scored with gradients in the model's own mode. s_j is the
+    sum of the ID's per-level log-probabilities, the score beam search ranks by (AVG says
+    "sum of the vokens' generation probabilities"; we read it as log-probabilities). The
+    positive is inserted if the beam missed it (`insert_positive`).
+    """
+    b = query.shape[0]
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        leaves, _ = constrained_beam_search(model.session(query), trie, num_queries=b,
+                                            beam_size=beam_size)
+    model.train(was_training)
+    leaves = leaves.clone()                                   # (B, beam), -1 padded
+    valid = leaves >= 0
+    candidates = unique_ids[leaves.clamp_min(0)]              # (B, beam, M)
+    candidates, valid, pos = insert_positive(candidates, valid, target)
+    width = candidates.shape[1]
+    scores = model.sequence_log_prob(query.repeat_interleave(width, 0),
+                                     candidates.reshape(b * width, -1)).view(b, width)
+    scores = scores.masked_fill(~valid, float("-inf"))
+    return F.cross_entropy(scores, pos)
+
+
+def train_decoder(model: CodeDecoder, *, queries: np.ndarray, item_codes: np.ndarray,
+                  sampler: Sampler, config: TrainConfig, item_emb: np.ndarray | None = None,
+                  progress: bool = False, desc: str = "train decoder") -> list[float]:
+    """Fit `model` in place; returns the loss of every step (L_gen + dis_weight * L_dis).
+
+    queries: (Nq, Dq) float32 query embeddings; item_codes: (N, M) target IDs; item_emb:
+    (N, Dq) item embeddings in the query space, needed only for `config.query_aug`.
     """
     from tqdm.auto import tqdm
 
+    if config.query_aug != "none":
+        if item_emb is None:
+            raise ValueError(f"query_aug={config.query_aug!r} mixes queries with their targets' "
+                             "embeddings: pass item_emb (N, Dq)")
+        item_emb = np.asarray(item_emb, dtype=np.float32)
+        if item_emb.shape != (len(item_codes), np.shape(queries)[1]):
+            raise ValueError(f"item_emb must be (N, Dq) = ({len(item_codes)}, "
+                             f"{np.shape(queries)[1]}), got {item_emb.shape}")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    aug_rng = np.random.default_rng([config.seed, 1])  # own stream: pairs match the plain run
     q_all = torch.as_tensor(np.asarray(queries, dtype=np.float32))
     codes_all = torch.as_tensor(np.asarray(item_codes, dtype=np.int64))
+    emb_all = torch.as_tensor(item_emb) if config.query_aug != "none" else None
+    dis_index: tuple[CodeTrie, torch.Tensor] | None = None  # trie of the training IDs
+    if config.dis_weight > 0:
+        unique_ids = np.unique(np.asarray(item_codes, dtype=np.int64), axis=0)  # sorted rows
+        dis_index = CodeTrie.from_unique_ids(unique_ids), torch.from_numpy(unique_ids)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -107,7 +228,15 @@ def train_decoder(model: CodeDecoder, *, queries: np.ndarray, item_codes: np.nda
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
             q_rows, targets = sampler.sample(rng, config.batch_size)
-            loss = model.loss(q_all[q_rows], codes_all[targets])
+            query, target = q_all[q_rows], codes_all[targets]
+            if emb_all is not None:
+                query = mix_queries(query, emb_all[targets], aug_rng, mode=config.query_aug,
+                                    alpha=config.query_aug_alpha, prob=config.query_aug_prob)
+            loss = model.loss(query, target)
+            if dis_index is not None and step % config.dis_every == 0:
+                # AVG eq. (10): L_AM = L_gen + L_dis (here weighted)
+                loss = loss + config.dis_weight * discriminative_loss(
+                    model, query, target, *dis_index, beam_size=config.dis_beam)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -26,6 +26,11 @@ class EMACodebook(nn.Module):
     """One (K, D) codebook updated by EMA. Buffers: centers e_k, cluster_size N_k (EMA of
     hits per batch), embed_sum m_k (EMA of the summed assigned vectors); e_k = m_k / N_k."""
 
+    centers: torch.Tensor       # (K, D)
+    cluster_size: torch.Tensor  # (K,)
+    embed_sum: torch.Tensor     # (K, D)
+    initialized: torch.Tensor   # () bool
+
     def __init__(self, codebook_size: int, dim: int, *, decay: float = 0.99, eps: float = 1e-5,
                  dead_threshold: float = 1e-3, kmeans_iters: int = 15, seed: int = 0) -> None:
         super().__init__()
@@ -48,13 +53,21 @@ class EMACodebook(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
 
     @torch.no_grad()
-    def init_from(self, x: torch.Tensor) -> None:
-        """Seeded k-means on x (N, D), the first training batch (GENIUS sec. 5.2)."""
+    def init_from(self, x: torch.Tensor, codes: torch.Tensor | None = None) -> None:
+        """Seeded k-means on x (N, D), the first training batch (GENIUS sec. 5.2). With
+        `codes` (N,) given, code k starts at the mean of the rows labelled k instead (codes
+        no row carries keep their k-means center)."""
         x = x.detach().float()
         centers, reseeds = kmeans(x, self.codebook_size, iters=self.kmeans_iters, seed=self.seed)
+        if codes is not None:
+            counts = torch.bincount(codes, minlength=self.codebook_size)
+            sums = torch.zeros_like(centers).index_add_(0, codes, x)
+            given = counts > 0
+            centers[given] = sums[given] / counts[given, None]
         # a center counts as at least one observation, so a code the batch left empty keeps
         # its position (m_k / N_k = e_k) until its count decays below the dead threshold
-        counts = torch.bincount(assign(x, centers), minlength=self.codebook_size).float().clamp_min(1.0)
+        labels = assign(x, centers) if codes is None else codes
+        counts = torch.bincount(labels, minlength=self.codebook_size).float().clamp_min(1.0)
         self.centers.copy_(centers)
         self.cluster_size.copy_(counts)
         self.embed_sum.copy_(centers * counts[:, None])
@@ -127,30 +140,34 @@ class EMAResidualQuantizer(nn.Module):
             for level, (size, threshold) in enumerate(zip(codebook_sizes, thresholds, strict=True)))
 
     @property
+    def books(self) -> list[EMACodebook]:
+        return [book for book in self.levels if isinstance(book, EMACodebook)]
+
+    @property
     def codebook_sizes(self) -> tuple[int, ...]:
-        return tuple(level.codebook_size for level in self.levels)  # type: ignore[union-attr]
+        return tuple(book.codebook_size for book in self.books)
 
     @property
     def codebooks(self) -> list[torch.Tensor]:
-        return [level.centers for level in self.levels]  # type: ignore[union-attr]
+        return [book.centers for book in self.books]
 
     @property
     def reseeds(self) -> list[int]:
-        return [level.reseeds for level in self.levels]  # type: ignore[union-attr]
+        return [book.reseeds for book in self.books]
 
     def forward(self, z: torch.Tensor, *, first_codes: torch.Tensor | None = None,
                 update: bool | None = None) -> RQOutput:
         """z (B, D) -> RQOutput. `first_codes` (B,) fixes level 1's codes instead of the
-        nearest ones (GENIUS' known modality); later levels quantize what that leaves."""
+        nearest ones (GENIUS' known modality); later levels quantize what that leaves. When
+        level 1 is initialized by this call, its codes start at the means of their rows."""
         update = self.training if update is None else update
         residual = z.detach()
         codes, codewords = [], []
-        for level, codebook in enumerate(self.levels):
-            assert isinstance(codebook, EMACodebook)
+        for level, codebook in enumerate(self.books):
             if not bool(codebook.initialized):
                 if not update:
                     raise RuntimeError("the quantizer has no codebooks yet: run a training batch first")
-                codebook.init_from(residual)
+                codebook.init_from(residual, first_codes if level == 0 else None)
             code = first_codes if level == 0 and first_codes is not None else codebook.assign(residual)
             codeword = codebook.centers[code]
             if update:
@@ -158,18 +175,17 @@ class EMAResidualQuantizer(nn.Module):
             codes.append(code)
             codewords.append(codeword)
             residual = residual - codeword  # eq. (6)
-        # the commitment term needs r_{i-1} as a function of z: r_{i-1} = z - sg(Σ_{j<i} e_j)
-        offsets = torch.stack(codewords, 1).cumsum(1) - torch.stack(codewords, 1)  # Σ_{j<i} e_j
-        live_residuals = z[:, None, :] - offsets.detach()
-        commit = commitment_loss(live_residuals, torch.stack(codewords, 1))
-        z_hat = torch.stack(codewords, 1).sum(1)
-        quantized = z + (z_hat - z).detach()  # straight-through estimator
+        words = torch.stack(codewords, 1)  # (B, M, D)
+        # eq. (7) needs r_{i-1} as a function of z: r_{i-1} = z - Σ_{j<i} e_j (codes are constants)
+        live_residuals = z[:, None, :] - (words.cumsum(1) - words)
+        commit = commitment_loss(live_residuals, words)
+        quantized = z + (words.sum(1) - z).detach()  # straight-through estimator
         return RQOutput(quantized, torch.stack(codes, 1), commit)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, num_levels: int | None = None) -> torch.Tensor:
         """(B, M) -> (B, D) sum of the first `num_levels` levels' code vectors."""
-        levels = len(self.levels) if num_levels is None else num_levels
+        levels = len(self.books) if num_levels is None else num_levels
         out = torch.zeros(codes.shape[0], self.codebooks[0].shape[1])
         for level in range(levels):
             out += self.codebooks[level][codes[:, level]]

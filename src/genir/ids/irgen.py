@@ -40,9 +40,10 @@ class IRGenConfig(RQConfig):
     lr: float = 5e-4                   # paper: 5e-4 for the FC layers, AdamW betas (0.9, 0.96)
     weight_decay: float = 0.05         # paper: 0.05
     warmup_steps: int = 200            # linear warm-up, then cosine decay (paper: 20 of 200 epochs)
-    codebook_refit_every: int = 250    # network steps between k-means re-fits of the codebooks
-    lambda_partial: float = 1.0        # IRGen eq. (3) λ1 on the partial-reconstruction losses (paper: no value given)
-    lambda_commit: float = 0.1         # IRGen eq. (3) λ2 on the residual norms (paper: no value given)
+    codebook_refit_every: int = 500    # network steps between k-means re-fits (each is a full RQ fit)
+    # the paper gives no values for λ1, λ2
+    lambda_partial: float = 1.0        # IRGen eq. (3) λ1 on the partial-reconstruction losses
+    lambda_commit: float = 0.1         # IRGen eq. (3) λ2 on the residual norms ||r_m||^2
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,7 +123,8 @@ class IRGenTokenizer:
     def is_fitted(self) -> bool:
         return self.projection is not None and self.rq.is_fitted
 
-    def fit(self, emb: np.ndarray | torch.Tensor, labels: np.ndarray | Sequence | None = None) -> IRGenTokenizer:
+    def fit(self, emb: np.ndarray | torch.Tensor,
+            labels: np.ndarray | Sequence | None = None) -> IRGenTokenizer:
         """(N, D) float, (N,) class labels (any hashable values) -> self."""
         x = _as_tensor(emb)
         if labels is None:

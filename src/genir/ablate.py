@@ -1,0 +1,408 @@
+"""`genir ablate`: the papers' ablation tables re-run on the bundled data.
+
+Each study builds indexes that differ in one setting, scores them on the same queries and
+embeddings, and writes a markdown table, JSON and (where the paper has a figure) a PNG
+plot, with a line that says whether the paper's ordering holds here and by how much:
+
+    identifiers  IRGen Table 3   random < hierarchical k-means < plain RQ < IRGen (Fashion-MNIST)
+    length       IRGen Table 4   ID length T in {2, 4, 6, 8} (Fashion-MNIST)
+    codebook     AVG Table 4     codes per level K in {64, 256, 1024} (Fashion-MNIST)
+    beam         AVG Table 7     beam size in {1, 5, 10, 20, 30, 50} (Openclipart text->image)
+    avg          AVG Table 3     full AVG and without alignment / voken init / discriminative loss
+    fresh        IRGen Table 6   half the gallery added after training, no retraining
+    queryaug     GENIUS eq. 11   no query augmentation vs per-sample (paper) vs per-dimension (code)
+
+`quick` shrinks every study (a 10k-item Fashion-MNIST gallery, a 3k-item Openclipart
+pool, fewer queries and steps) so the whole run fits in minutes; the full run uses the
+bundled tasks' defaults. Everything is seeded: the same command gives the same tables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genir import tasks
+from genir.decoder.train import SameLabelSampler
+from genir.encoders.cache import EmbeddingCache
+from genir.eval import metrics
+from genir.index import GenerativeIndex, IndexConfig
+from genir.io import atomic_write_bytes, atomic_write_json
+
+STUDIES = ("identifiers", "length", "codebook", "beam", "avg", "fresh", "queryaug")
+FMNIST_KS = (1, 10, 20, 30)
+CURVE_K = 100
+
+
+@dataclass
+class Scale:
+    fmnist_items: int | None
+    fmnist_queries: int
+    fmnist_steps: int
+    clip_items: int | None
+    clip_queries: int
+    clip_steps: int
+    tokenizer_steps: int
+
+    @classmethod
+    def of(cls, quick: bool) -> Scale:
+        if quick:
+            return cls(fmnist_items=10_000, fmnist_queries=300, fmnist_steps=500,
+                       clip_items=3000, clip_queries=300, clip_steps=400, tokenizer_steps=300)
+        return cls(fmnist_items=None, fmnist_queries=1000, fmnist_steps=2000,
+                   clip_items=None, clip_queries=1000, clip_steps=1500, tokenizer_steps=2000)
+
+
+@dataclass
+class Study:
+    name: str
+    paper: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    verdict: str = ""
+    plot: str | None = None
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        head = "| setting | " + " | ".join(self.columns) + " | build s |"
+        lines = [head, "|" + " --- |" * (len(self.columns) + 2)]
+        for r in self.rows:
+            cells = [f"{r['metrics'][c]:.3f}" if c in r["metrics"] else "–" for c in self.columns]
+            lines.append(f"| {r['setting']} | " + " | ".join(cells)
+                         + f" | {r.get('build_s', 0):.0f} |")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ data
+class Data:
+    """The two tasks' embeddings, prepared once and shared by every study."""
+
+    def __init__(self, scale: Scale, cache: EmbeddingCache, progress: bool) -> None:
+        self.scale, self.cache, self.progress = scale, cache, progress
+        self._fmnist: tasks.TaskData | None = None
+        self._clip: tasks.TaskData | None = None
+
+    @property
+    def fmnist(self) -> tasks.TaskData:
+        if self._fmnist is None:
+            self._fmnist = tasks.prepare("fashion-mnist", cache=self.cache,
+                                         num_queries=self.scale.fmnist_queries,
+                                         limit=self.scale.fmnist_items, progress=self.progress)
+        return self._fmnist
+
+    @property
+    def clip(self) -> tasks.TaskData:
+        if self._clip is None:
+            self._clip = tasks.prepare("openclipart", cache=self.cache,
+                                       num_queries=self.scale.clip_queries,
+                                       limit=self.scale.clip_items, progress=self.progress)
+        return self._clip
+
+
+def config_for(task: str, scale: Scale, *, tokenizer: str = "rq", **overrides: Any) -> IndexConfig:
+    """The task's default config at this scale, with dotted overrides ("rq.num_levels": 2)."""
+    cfg = tasks.default_config(task)
+    cfg.train.steps = scale.fmnist_steps if task == "fashion-mnist" else scale.clip_steps
+    cfg.tokenizer = tokenizer
+    cfg.check()
+    if hasattr(cfg.rq, "steps"):
+        cfg.rq.steps = scale.tokenizer_steps   # type: ignore[attr-defined]
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        part = getattr(cfg, section) if section else cfg
+        if not hasattr(part, name):
+            raise ValueError(f"config {section or 'index'} has no field {name!r}")
+        setattr(part, name, value)
+    return cfg
+
+
+def _build(data: tasks.TaskData, cfg: IndexConfig) -> tuple[GenerativeIndex, float]:
+    t0 = time.perf_counter()
+    index = tasks.build(data, cfg)
+    return index, time.perf_counter() - t0
+
+
+def _score(data: tasks.TaskData, index: GenerativeIndex, *, rerank: bool = False,
+           beam_size: int | None = None, k: int = CURVE_K) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of one search run and its (Q, k) hit matrix."""
+    _, rows = index.search(data.query_emb, k, rerank=rerank, beam_size=beam_size)
+    hits = metrics.hit_matrix(rows, **data.relevance)
+    if data.name == "fashion-mnist":
+        out = {f"P@{j}": metrics.precision_at(hits, j) for j in FMNIST_KS}
+        out.update({f"R@{j}": metrics.recall_at(hits, j) for j in FMNIST_KS})
+    else:
+        out = {f"R@{j}": metrics.recall_at(hits, j) for j in (1, 5, 10) if j <= k}
+    out["MRR"] = metrics.mrr(hits)
+    return out, hits
+
+
+def _p_at_k_curve(hits: np.ndarray) -> list[float]:
+    return (np.cumsum(hits, 1).mean(0) / np.arange(1, hits.shape[1] + 1)).tolist()
+
+
+def _order_verdict(study: Study, metric: str, order: Sequence[str], paper: str) -> str:
+    """Does `metric` rise along `order` (settings) here? Names each pair that breaks it."""
+    value = {r["setting"]: r["metrics"][metric] for r in study.rows}
+    present = [s for s in order if s in value]
+    broken = [(a, b) for a, b in zip(present, present[1:], strict=False) if value[a] >= value[b]]
+    chain = " < ".join(f"{s} {value[s]:.3f}" for s in present)
+    if not broken:
+        return f"Paper's ordering ({paper}) **holds** on {metric}: {chain}."
+    pairs = "; ".join(f"{a} {value[a]:.3f} ≥ {b} {value[b]:.3f} (by {value[a] - value[b]:.3f})"
+                      for a, b in broken)
+    return f"Paper's ordering ({paper}) **does not hold** on {metric}: {pairs}."
+
+
+# ------------------------------------------------------------------ studies
+def study_identifiers(d: Data, scale: Scale) -> Study:
+    st = Study("identifiers", "IRGen Table 3 (In-shop, P@10): random 75.4 < HKM 80.0 < IRGen 89.7",
+               [f"P@{k}" for k in FMNIST_KS] + [f"R@{k}" for k in FMNIST_KS])
+    curves = {}
+    for tok in ("random", "hkmeans", "rq", "irgen"):
+        index, secs = _build(d.fmnist, config_for("fashion-mnist", scale, tokenizer=tok))
+        m, hits = _score(d.fmnist, index)
+        curves[tok] = _p_at_k_curve(hits)
+        st.rows.append({"setting": tok, "metrics": m, "build_s": secs,
+                        "index_stats": index.stats(), "reseeds": index.extra.get("dead_code_reseeds")})
+    st.verdict = _order_verdict(st, "P@10", ["random", "hkmeans", "rq", "irgen"],
+                                "random < HKM < RQ < IRGen tokenizer")
+    st.plot = _plot_curves(curves, "K", "precision@K", "Identifier type: precision@K (Fashion-MNIST)")
+    return st
+
+
+def study_length(d: Data, scale: Scale) -> Study:
+    st = Study("length", "IRGen Table 4 (P@10): T=2 51.4, T=4 82.1, T=6 84.6, T=8 82.6 "
+               "(best 6); AVG Table 5 (R@1): 2 worst, 10 best",
+               [f"P@{k}" for k in FMNIST_KS] + [f"R@{k}" for k in FMNIST_KS])
+    for t in (2, 4, 6, 8):
+        index, secs = _build(d.fmnist, config_for("fashion-mnist", scale, **{"rq.num_levels": t}))
+        m, _ = _score(d.fmnist, index)
+        st.rows.append({"setting": f"T={t}", "metrics": m, "build_s": secs,
+                        "index_stats": index.stats()})
+    best = max(st.rows, key=lambda r: r["metrics"]["P@10"])
+    worst = min(st.rows, key=lambda r: r["metrics"]["P@10"])
+    st.verdict = (f"Best P@10 here at {best['setting']} ({best['metrics']['P@10']:.3f}), worst at "
+                  f"{worst['setting']} ({worst['metrics']['P@10']:.3f}); IRGen: best T=6, worst T=2. "
+                  + ("The paper's shape **holds** (T=2 worst)." if worst["setting"] == "T=2"
+                     else "The paper's shape **does not hold** (T=2 is not the worst)."))
+    return st
+
+
+def study_codebook(d: Data, scale: Scale) -> Study:
+    st = Study("codebook", "AVG Table 4 (Flickr30K R@1): 256 60.8 < 1024 62.3 (2048 drops to 61.2)",
+               [f"P@{k}" for k in FMNIST_KS] + [f"R@{k}" for k in FMNIST_KS])
+    for k in (64, 256, 1024):
+        index, secs = _build(d.fmnist, config_for("fashion-mnist", scale,
+                                                  **{"rq.codebook_size": k}))
+        m, _ = _score(d.fmnist, index)
+        st.rows.append({"setting": f"K={k}", "metrics": m, "build_s": secs,
+                        "index_stats": index.stats()})
+    st.verdict = _order_verdict(st, "P@10", ["K=64", "K=256", "K=1024"], "K=256 < K=1024")
+    return st
+
+
+def study_beam(d: Data, scale: Scale) -> Study:
+    st = Study("beam", "AVG Table 7 (R@1/5/10): beam 1 44.2 / – / –, 10 62.3/83.5/86.6, "
+               "30 62.7/85.5/91.1, flat from 30 on", ["R@1", "R@5", "R@10"])
+    index, secs = _build(d.clip, config_for("openclipart", scale))
+    curve: dict[str, list[float]] = {"R@1": [], "R@5": [], "R@10": []}
+    beams = (1, 5, 10, 20, 30, 50)
+    for b in beams:
+        t0 = time.perf_counter()
+        # k is capped at the beam so that, as in AVG, a beam of b returns at most b IDs
+        m, _ = _score(d.clip, index, beam_size=b, k=min(10, b))
+        st.rows.append({"setting": f"beam {b}", "metrics": m, "build_s": secs if b == 1 else 0,
+                        "search_s": time.perf_counter() - t0})
+        for key in curve:
+            curve[key].append(m.get(key, float("nan")))
+    st.verdict = _order_verdict(st, "R@1", ["beam 1", "beam 5", "beam 10", "beam 30"],
+                                "R@1 rises with the beam up to 30")
+    st.plot = _plot_xy(beams, curve, "beam size", "recall", "Recall vs beam size (Openclipart)")
+    return st
+
+
+def study_avg(d: Data, scale: Scale) -> Study:
+    st = Study("avg", "AVG Table 3 (Flickr30K R@1): full 62.3; w/o alignment 56.8; "
+               "w/o voken embedding 62.4; w/o discriminative loss 60.1",
+               ["R@1", "R@5", "R@10", "MRR"])
+    dis = {"train.dis_weight": 1.0, "train.dis_every": 4}
+    variants = {
+        "plain RQ (genir default)": ("rq", {}),
+        "AVG full": ("avg", {**dis, "voken_init": True}),
+        "w/o alignment": ("avg", {**dis, "voken_init": True, "rq.align_weight": 0.0}),
+        "w/o voken embedding": ("avg", {**dis}),
+        "w/o discriminative loss": ("avg", {"voken_init": True}),
+    }
+    curves = {}
+    for name, (tok, over) in variants.items():
+        index, secs = _build(d.clip, config_for("openclipart", scale, tokenizer=tok, **over))
+        m, hits = _score(d.clip, index, k=CURVE_K)
+        curves[name] = np.cumsum(hits, 1).clip(max=1).mean(0).tolist()
+        st.rows.append({"setting": name, "metrics": m, "build_s": secs,
+                        "index_stats": index.stats()})
+    full = next(r for r in st.rows if r["setting"] == "AVG full")["metrics"]["R@1"]
+    parts = [f"{r['setting']} {r['metrics']['R@1'] - full:+.3f}" for r in st.rows
+             if r["setting"].startswith("w/o")]
+    holds = all(r["metrics"]["R@1"] <= full for r in st.rows if r["setting"] in
+                ("w/o alignment", "w/o discriminative loss"))
+    st.verdict = (f"R@1 change against full AVG ({full:.3f}): " + ", ".join(parts) + ". "
+                  + ("Paper's finding (alignment and the discriminative loss help) **holds**."
+                     if holds else "Paper's finding (alignment and the discriminative loss "
+                     "help) **does not hold** here."))
+    st.plot = _plot_curves(curves, "K", "recall@K", "AVG components: recall@K (Openclipart)")
+    return st
+
+
+def study_fresh(d: Data, scale: Scale) -> Study:
+    data = d.fmnist
+    st = Study("fresh", "IRGen Table 6: precision drops as K grows on fresh data "
+               "(numbers in its supplement)",
+               [f"P@{k}" for k in FMNIST_KS] + [f"R@{k}" for k in FMNIST_KS])
+    labels = data.relevance["item_labels"]
+    n = len(data.item_ids)
+    rng = np.random.default_rng(0)
+    half = np.sort(rng.permutation(n)[: n // 2])
+    rest = np.setdiff1d(np.arange(n), half)
+    old = tasks.TaskData(
+        name=data.name, item_ids=[data.item_ids[i] for i in half], item_emb=data.item_emb[half],
+        train_queries=data.item_emb[half], sampler=SameLabelSampler(labels[half], labels[half]),
+        query_emb=data.query_emb, relevance=data.relevance, num_relevant=data.num_relevant,
+        metric_ks=data.metric_ks, encoder_spec=data.encoder_spec, item_labels=labels[half])
+    cfg = config_for("fashion-mnist", scale)
+    index, secs = _build(old, cfg)
+    index.add(data.item_emb[rest], [data.item_ids[i] for i in rest])
+    grown = tasks.TaskData(
+        name=data.name, item_ids=index.item_ids, item_emb=index.item_emb, train_queries=None,
+        sampler=None, query_emb=data.query_emb,
+        relevance={**data.relevance, "item_labels": np.concatenate([labels[half], labels[rest]])},
+        num_relevant=data.num_relevant, metric_ks=data.metric_ks, encoder_spec=data.encoder_spec)
+    full, full_secs = _build(data, config_for("fashion-mnist", scale))
+    for name, ix, dd, s in (("full build", full, data, full_secs),
+                            ("half built + half added", index, grown, secs)):
+        for rerank in (False, True):
+            m, _ = _score(dd, ix, rerank=rerank)
+            st.rows.append({"setting": name + (" + rerank" if rerank else ""), "metrics": m,
+                            "build_s": s if not rerank else 0})
+    get = {r["setting"]: r["metrics"] for r in st.rows}
+    drop = get["full build"]["P@10"] - get["half built + half added"]["P@10"]
+    drop_r = get["full build + rerank"]["P@10"] - get["half built + half added + rerank"]["P@10"]
+    st.verdict = (f"P@10 drop from the full build to fresh data: {drop:+.3f} without rerank, "
+                  f"{drop_r:+.3f} with rerank.")
+    return st
+
+
+def study_queryaug(d: Data, scale: Scale) -> Study:
+    st = Study("queryaug", "GENIUS Table 4: without query augmentation R@5 drops "
+               "(e.g. 47.8 vs the full model's higher score)", ["R@1", "R@5", "R@10", "MRR"])
+    for mode in ("none", "sample", "dimension"):
+        index, secs = _build(d.clip, config_for("openclipart", scale,
+                                                **{"train.query_aug": mode}))
+        m, _ = _score(d.clip, index, k=10)
+        st.rows.append({"setting": f"query_aug={mode}", "metrics": m, "build_s": secs})
+    st.verdict = _order_verdict(st, "R@5", ["query_aug=none", "query_aug=sample"],
+                                "augmentation helps")
+    return st
+
+
+STUDY_FNS: dict[str, Callable[[Data, Scale], Study]] = {
+    "identifiers": study_identifiers, "length": study_length, "codebook": study_codebook,
+    "beam": study_beam, "avg": study_avg, "fresh": study_fresh, "queryaug": study_queryaug}
+
+
+# ------------------------------------------------------------------ plots
+def _plot_curves(curves: dict[str, list[float]], xlabel: str, ylabel: str, title: str) -> bytes:
+    xs = {name: list(range(1, len(c) + 1)) for name, c in curves.items()}
+    return _plot(xs, curves, xlabel, ylabel, title, log_x=True)
+
+
+def _plot_xy(x: Sequence[int], ys: dict[str, list[float]], xlabel: str, ylabel: str,
+             title: str) -> bytes:
+    return _plot({k: list(x) for k in ys}, ys, xlabel, ylabel, title, log_x=False)
+
+
+def _plot(xs: dict[str, list[int]], ys: dict[str, list[float]], xlabel: str, ylabel: str,
+          title: str, *, log_x: bool) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name in ys:
+        ax.plot(xs[name], ys[name], marker="" if len(xs[name]) > 20 else "o", label=name)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ driver
+def run(out: Path, *, quick: bool = False, studies: Sequence[str] = STUDIES,
+        cache: EmbeddingCache | None = None, progress: bool = False,
+        log: Callable[[str], None] = print) -> list[Study]:
+    unknown = [s for s in studies if s not in STUDY_FNS]
+    if unknown:
+        raise ValueError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
+    scale = Scale.of(quick)
+    data = Data(scale, cache or EmbeddingCache(), progress)
+    done = []
+    start = time.perf_counter()
+    for name in studies:
+        t0 = time.perf_counter()
+        log(f"== {name}")
+        st = STUDY_FNS[name](data, scale)
+        st.seconds = time.perf_counter() - t0
+        done.append(st)
+        _write(out, st)
+        log(st.table() + "\n\n" + st.verdict + f"\n({st.seconds:.0f} s)\n")
+    total = time.perf_counter() - start
+    summary = {"quick": quick, "seconds": total, "scale": scale.__dict__,
+               "studies": {st.name: {"paper": st.paper, "verdict": st.verdict,
+                                     "seconds": st.seconds, "rows": st.rows} for st in done}}
+    atomic_write_json(out / "ablations.json", _jsonable(summary))
+    lines = [f"# Ablations ({'quick' if quick else 'full'} run)", "",
+             f"Command: `genir ablate{' --quick' if quick else ''} --out {out}`; "
+             f"{total:.0f} s on this machine. Scale: {scale.__dict__}.", ""]
+    for st in done:
+        lines += [f"## {st.name}", "", f"Paper: {st.paper}.", "", st.table(), "", st.verdict, ""]
+        if st.plot:
+            lines += [f"![{st.name}]({st.name}.png)", ""]
+    atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())
+    log(f"wrote {out}/README.md, ablations.json and plots; total {total:.0f} s")
+    return done
+
+
+def _write(out: Path, st: Study) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if st.plot:
+        atomic_write_bytes(out / f"{st.name}.png", st.plot)
+    atomic_write_json(out / f"{st.name}.json", _jsonable(
+        {"paper": st.paper, "verdict": st.verdict, "seconds": st.seconds, "rows": st.rows}))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return x
+
+
+__all__ = ["STUDIES", "Study", "run"]
