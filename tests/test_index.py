@@ -180,3 +180,28 @@ def _saved(index, tmp_path):
     path = tmp_path / "copy"
     index.save(path)
     return path
+
+
+def test_many_single_adds_equal_one_index_of_all_rows(built):
+    """add() appends through growing buffers; the result must equal an index made at once."""
+    index, x, _, q, _ = built
+    grown = GenerativeIndex(tokenizer=index.tokenizer, decoder=index.decoder,
+                            item_emb=x[:400], codes=index.codes[:400],
+                            item_ids=[str(i) for i in range(400)], config=index.config)
+    for i in range(400, 500):
+        grown.add(x[i:i + 1], [str(i)])
+        if i == 450:
+            grown.remove(["3", "420"])
+            grown.add(x[[3, 420]], ["3", "420"])
+    order = ([str(i) for i in range(451) if i not in (3, 420)] + ["3", "420"]
+             + [str(i) for i in range(451, 500)])
+    rows = [int(i) for i in order]
+    at_once = GenerativeIndex(tokenizer=index.tokenizer, decoder=index.decoder,
+                              item_emb=x[rows], codes=index.tokenizer.encode(x[rows]),
+                              item_ids=order, config=index.config)
+    assert grown.item_ids == at_once.item_ids
+    assert np.array_equal(grown.item_emb, at_once.item_emb)
+    assert np.array_equal(grown.codes, at_once.codes)
+    for rerank in (False, True):
+        a, b = grown.search(q, 10, rerank=rerank), at_once.search(q, 10, rerank=rerank)
+        assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
