@@ -223,3 +223,22 @@ def test_bad_add_is_a_named_4xx_and_changes_nothing(folder, kwargs, status, word
     assert store.counts() == {"built": 90, "added": 0, "tombstones": 0}
     store.close()
     assert len(GenerativeIndex.load(folder)) == 90
+
+
+def test_cli_serve_refuses_missing_and_locked_indexes(folder, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from genir.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "no manifest.json" in r.output
+    with TestClient(create_app(folder)):
+        r = runner.invoke(app, ["serve", str(folder)])
+        assert r.exit_code == 2 and "open for writing by another process" in r.output
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda application, host, port, log_level:
+                        served.update(host=host, port=port, title=application.title))
+    r = runner.invoke(app, ["serve", str(folder), "--port", "8123", "--read-only"])
+    assert r.exit_code == 0, r.output
+    assert served == {"host": "127.0.0.1", "port": 8123, "title": "genir"}
