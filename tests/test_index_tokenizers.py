@@ -86,6 +86,11 @@ def test_voken_init_and_query_augmentation_reach_the_decoder(data):
     random_init = GenerativeIndex.build(x, config=config("rq", steps=0))
     assert not np.allclose(random_init.decoder.code_emb[0].weight.detach().numpy(),
                            index.decoder.code_emb[0].weight.detach().numpy())
+    shared = config("avg")
+    shared.rq.shared_codebook, shared.voken_init = True, True
+    captions = x[::-1].copy()
+    avg = GenerativeIndex.build(x, config=shared, item_text_emb=captions)   # one shared codebook
+    assert avg.decoder.code_emb[0].weight.shape[0] == 8
     with pytest.raises(ValueError, match="voken_init needs"):
         bad = config("hkmeans")
         bad.voken_init = True

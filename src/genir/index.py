@@ -433,6 +433,9 @@ def _level_codebooks(tokenizer: Any, name: str) -> list[torch.Tensor]:
     if not books or any(b.ndim != 2 for b in books):
         raise ValueError(f"voken_init needs a tokenizer with one codebook per level; "
                          f"{name!r} has none")
+    levels = len(tokenizer.codebook_sizes)
+    if len(books) == 1 and levels > 1:                    # AVG's shared voken codebook
+        books = [books[0]] * levels
     return list(books)
 
 

@@ -17,6 +17,9 @@ from genir.data.benchmarks import (
 from genir.data.corpus import Corpus, MissingDataError
 from genir.data.fashion_mnist import load_fashion_mnist
 from genir.data.openclipart import load_openclipart
+from genir.data.universal import build_universal_tasks, load_universal_task
+from genir.data.wordnet import load_wordnet
 
-__all__ = ["Corpus", "MissingDataError", "RetrievalSplit", "load_cars196", "load_cub200",
-           "load_fashion_mnist", "load_inshop", "load_karpathy", "load_mbeir", "load_openclipart"]
+__all__ = ["Corpus", "MissingDataError", "RetrievalSplit", "build_universal_tasks",
+           "load_cars196", "load_cub200", "load_fashion_mnist", "load_inshop", "load_karpathy",
+           "load_mbeir", "load_openclipart", "load_universal_task", "load_wordnet"]
