@@ -34,23 +34,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,clip,serve,bench]'
 	touch $(STAMP)
 
-install-data:
-	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
-	  echo "Debian data packages already installed: $(APT_PACKAGES)"; \
+# apt-get install the Debian packages $(1) unless dpkg already has them all
+define apt_install
+	@if dpkg -s $(1) >/dev/null 2>&1; then \
+	  echo "Debian packages already installed: $(1)"; \
 	else \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(1); \
 	fi
+endef
+
+install-data:
+	$(call apt_install,$(APT_PACKAGES))
 
 # Debian's Chromium, driven by Playwright (pip) in tests/test_browser.py; Playwright's own
-# browser download is not used (executable_path points at /usr/bin/chromium).
+# browser download is not used (the test launches /usr/bin/chromium).
 install-browser:
-	@if dpkg -s $(BROWSER_PACKAGES) >/dev/null 2>&1; then \
-	  echo "Debian browser package already installed: $(BROWSER_PACKAGES)"; \
-	else \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); \
-	fi
+	$(call apt_install,$(BROWSER_PACKAGES))
 
 lint: install-python
 	$(VENV)/bin/ruff check src tests benchmarks
