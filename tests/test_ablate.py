@@ -43,3 +43,23 @@ def test_unknown_study_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown studies"):
         run(tmp_path, studies=["nope"])
     assert set(STUDIES) >= {"identifiers", "length", "codebook", "beam", "avg", "fresh"}
+
+
+def test_summary_keeps_earlier_studies_of_the_same_scale(tmp_path):
+    from genir.ablate import _previous, _write_summary
+
+    def entry(value: float) -> dict:
+        st = study({"a": value})
+        return {"paper": "p", "verdict": f"v{value}", "seconds": 10.0, "rows": st.rows,
+                "table": st.table(), "plot": False}
+
+    first = _previous(tmp_path, quick=False)
+    first["studies"]["length"] = entry(0.5)
+    _write_summary(tmp_path, first, False, Scale.of(False))
+    second = _previous(tmp_path, quick=False)             # a later run, another study
+    second["studies"]["identifiers"] = entry(0.25)
+    _write_summary(tmp_path, second, False, Scale.of(False))
+    text = (tmp_path / "README.md").read_text()
+    assert text.index("## identifiers") < text.index("## length")   # STUDIES order
+    assert "v0.5" in text and "v0.25" in text and "20 s of study time" in text
+    assert _previous(tmp_path, quick=True)["studies"] == {}          # other scale: fresh

@@ -19,6 +19,7 @@ bundled tasks' defaults. Everything is seeded: the same command gives the same t
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -355,11 +356,16 @@ def _plot(xs: dict[str, list[int]], ys: dict[str, list[float]], xlabel: str, yla
 def run(out: Path, *, quick: bool = False, studies: Sequence[str] = STUDIES,
         cache: EmbeddingCache | None = None, progress: bool = False,
         log: Callable[[str], None] = print) -> list[Study]:
+    """Run `studies` and write each one's JSON and plot as it finishes. The folder's
+    ablations.json and README.md are updated after every study and keep the studies of
+    earlier runs into the same folder at the same scale, so a long full run can be done
+    in parts (`--study identifiers`, then `--study length`...)."""
     unknown = [s for s in studies if s not in STUDY_FNS]
     if unknown:
         raise ValueError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
     scale = Scale.of(quick)
     data = Data(scale, cache or EmbeddingCache(), progress)
+    summary = _previous(out, quick)
     done = []
     start = time.perf_counter()
     for name in studies:
@@ -369,22 +375,42 @@ def run(out: Path, *, quick: bool = False, studies: Sequence[str] = STUDIES,
         st.seconds = time.perf_counter() - t0
         done.append(st)
         _write(out, st)
+        summary["studies"][name] = _jsonable({"paper": st.paper, "verdict": st.verdict,
+                                              "seconds": st.seconds, "rows": st.rows,
+                                              "table": st.table(), "plot": bool(st.plot)})
+        _write_summary(out, summary, quick, scale)
         log(st.table() + "\n\n" + st.verdict + f"\n({st.seconds:.0f} s)\n")
-    total = time.perf_counter() - start
-    summary = {"quick": quick, "seconds": total, "scale": scale.__dict__,
-               "studies": {st.name: {"paper": st.paper, "verdict": st.verdict,
-                                     "seconds": st.seconds, "rows": st.rows} for st in done}}
-    atomic_write_json(out / "ablations.json", _jsonable(summary))
-    lines = [f"# Ablations ({'quick' if quick else 'full'} run)", "",
-             f"Command: `genir ablate{' --quick' if quick else ''} --out {out}`; "
-             f"{total:.0f} s on this machine. Scale: {scale.__dict__}.", ""]
-    for st in done:
-        lines += [f"## {st.name}", "", f"Paper: {st.paper}.", "", st.table(), "", st.verdict, ""]
-        if st.plot:
-            lines += [f"![{st.name}]({st.name}.png)", ""]
-    atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())
-    log(f"wrote {out}/README.md, ablations.json and plots; total {total:.0f} s")
+    log(f"wrote {out}/README.md, ablations.json and plots; this run "
+        f"{time.perf_counter() - start:.0f} s")
     return done
+
+
+def _previous(out: Path, quick: bool) -> dict[str, Any]:
+    path = out / "ablations.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("quick") == quick and all("table" in v for v in old.get("studies", {}).values()):
+            return old
+    return {"quick": quick, "studies": {}}
+
+
+def _write_summary(out: Path, summary: dict[str, Any], quick: bool, scale: Scale) -> None:
+    studies = {name: summary["studies"][name] for name in STUDIES if name in summary["studies"]}
+    summary["studies"] = studies
+    summary["scale"] = scale.__dict__
+    summary["seconds"] = sum(v["seconds"] for v in studies.values())
+    atomic_write_json(out / "ablations.json", summary)
+    flag = " --quick" if quick else ""
+    lines = [f"# Ablations ({'quick' if quick else 'full'} run)", "",
+             f"Command: `genir ablate{flag} --out {out}` (studies may be run in parts with "
+             f"`--study NAME`); {summary['seconds']:.0f} s of study time on this machine "
+             f"(2-core CPU). Scale: {scale.__dict__}.", ""]
+    for name, v in studies.items():
+        lines += [f"## {name}", "", f"Paper: {v['paper']}.", "", v["table"], "", v["verdict"],
+                  "", f"({v['seconds']:.0f} s)", ""]
+        if v.get("plot"):
+            lines += [f"![{name}]({name}.png)", ""]
+    atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())
 
 
 def _write(out: Path, st: Study) -> None:
