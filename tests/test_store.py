@@ -141,6 +141,25 @@ def test_save_over_an_existing_index_replaces_it(folder):
             w.close()
 
 
+def test_save_refuses_foreign_folders_and_locked_indexes(folder, tmp_path):
+    index = GenerativeIndex.load(folder)
+    other = tmp_path / "papers"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep me")
+    with pytest.raises(ValueError, match="not a genir index folder"):
+        index.save(other)
+    assert (other / "thesis.tex").read_text() == "keep me" and len(list(other.iterdir())) == 1
+    writer = GenerativeIndex.open(folder, writable=True)
+    try:
+        with pytest.raises(IndexLockedError):
+            index.save(folder)
+    finally:
+        writer.close()
+    index.save(tmp_path / "new" / "deeper")          # parents are made
+    assert len(GenerativeIndex.load(tmp_path / "new" / "deeper")) == 200
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
 def test_format_1_index_still_loads(saved, tmp_path):
     """An index written by genir's first format (items in weights + items.json)."""
     from safetensors.torch import save_file

@@ -15,6 +15,8 @@ similarity (GENIUS' re-ranking). Encoders live outside: the index takes vectors.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +34,10 @@ from genir.ids.irgen import IRGenConfig, IRGenTokenizer
 from genir.ids.random_ids import RandomTokenizer
 from genir.ids.rq import ResidualQuantizer, RQConfig
 from genir.ids.table import IDTable, codebook_utilisation
-from genir.io import atomic_write_bytes, atomic_write_json, sha256_file
+from genir.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 from genir.search.beam import constrained_beam_search
 from genir.search.trie import CodeTrie
-from genir.store import STORE_FILE, ItemStore
+from genir.store import LOCK_FILE, STORE_FILE, ItemStore, WriterLock
 
 FORMAT_VERSION = 2   # 2: items in items.sqlite (store.py); 1: items in weights + items.json
 READABLE_VERSIONS = (1, 2)
@@ -349,13 +351,19 @@ class GenerativeIndex:
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, thumbnails: dict[str, bytes] | None = None) -> None:
-        """Write weights (safetensors), the item store (SQLite) and, last, the manifest into
-        folder `path`; each file atomically. `thumbnails` maps item id -> PNG bytes."""
-        path = Path(path)
-        if self.store is not None and path.resolve() == self.store.folder.resolve():
+        """Write the index into folder `path`: weights (safetensors), the item store (SQLite)
+        and, last, the manifest, each fsynced, all first in a temporary sibling folder that
+        then takes the place of `path`. An index already at `path` is replaced only once
+        the new one is complete (a crash leaves the old one, or both folders); its writer
+        lock must be free. `thumbnails` maps item id -> PNG bytes."""
+        path = Path(path).resolve()
+        if self.store is not None and path == self.store.folder.resolve():
             raise ValueError(f"{path} is this index's own open store: its items are already "
                              "saved as they change; save to another folder")
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (
+                (path / "manifest.json").exists() or (path / STORE_FILE).exists()))):
+            raise ValueError(f"{path} exists and is not a genir index folder; save to a new "
+                             "or empty folder")
         tensors = {f"decoder.{k}": v.contiguous() for k, v in self.decoder.state_dict().items()}
         tensors.update({f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()})
         from safetensors.torch import save as save_bytes
@@ -363,17 +371,31 @@ class GenerativeIndex:
         if thumbnails is None and self.store is not None:
             thumbnails = {i: png for i in self.item_ids
                           if (png := self.store.thumbnail(i)) is not None}
-        manifest_path = path / "manifest.json"
-        manifest_path.unlink(missing_ok=True)   # a half-replaced folder must not load
-        atomic_write_bytes(path / "weights.safetensors", save_bytes(tensors))
-        ItemStore.create(path, item_ids=self.item_ids, codes=self.codes, emb=self.item_emb,
-                         metas=self.item_meta, thumbnails=thumbnails)
-        (path / "items.json").unlink(missing_ok=True)   # a format-1 leftover
-        atomic_write_json(manifest_path, {
-            "format": "genir-index", "format_version": FORMAT_VERSION,
-            "config": self.config.to_dict(), "store": STORE_FILE,
-            "files": {"weights.safetensors": sha256_file(path / "weights.safetensors")},
-            "num_items": len(self), "extra": self.extra})
+        lock = WriterLock(path / LOCK_FILE) if (path / STORE_FILE).exists() else None
+        tmp = path.parent / f".{path.name}.saving-{os.getpid()}"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            atomic_write_bytes(tmp / "weights.safetensors", save_bytes(tensors))
+            ItemStore.create(tmp, item_ids=self.item_ids, codes=self.codes, emb=self.item_emb,
+                             metas=self.item_meta, thumbnails=thumbnails)
+            atomic_write_json(tmp / "manifest.json", {
+                "format": "genir-index", "format_version": FORMAT_VERSION,
+                "config": self.config.to_dict(), "store": STORE_FILE,
+                "files": {"weights.safetensors": sha256_file(tmp / "weights.safetensors")},
+                "num_items": len(self), "extra": self.extra})
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.rename(path, old)
+                os.rename(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.rename(tmp, path)
+            fsync_dir(path.parent)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if lock is not None:
+                lock.close()
 
     @classmethod
     def load(cls, path: str | Path) -> GenerativeIndex:
