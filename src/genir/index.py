@@ -155,7 +155,7 @@ class GenerativeIndex:
         if emb.ndim != 2 or emb.shape[1] != self.item_emb.shape[1] or len(emb) != len(item_ids):
             raise ValueError(f"add needs (M, {self.item_emb.shape[1]}) embeddings and M ids, got "
                              f"shape {emb.shape} and {len(item_ids)} ids")
-        clash = [i for i in item_ids if i in self._row_of]
+        clash = [i for i in item_ids if i in self]
         if clash or len(set(item_ids)) != len(item_ids):
             raise ValueError(f"item ids already in the index or repeated: {clash[:5] or item_ids[:5]}")
         if item_meta is not None and len(item_meta) != len(item_ids):
@@ -341,6 +341,9 @@ class GenerativeIndex:
                 "codebook_utilisation": codebook_utilisation(self.codes,
                                                              self.tokenizer.codebook_sizes),
                 "trie_bytes": self.trie.nbytes()}
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._row_of
 
     def row_of(self, item_id: str) -> int:
         """The row of an item id; KeyError names an unknown id."""

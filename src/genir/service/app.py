@@ -43,8 +43,8 @@ MAX_ID_CHARS = 200
 THUMB_SIDE = 160
 _ID_RE = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
 # items added live, as a share of all items, past which a rebuild is advised: at half the
-# gallery added untrained, Fashion-MNIST P@10 was 0.809 against 0.859 for a full rebuild
-# (benchmarks/fresh_data.py, docs/service.md)
+# gallery added untrained, Fashion-MNIST P@10 was 0.811 against 0.858 for a full rebuild
+# (genir ablate --study fresh, docs/service.md)
 REBUILD_ADVISED_FRACTION = 0.5
 
 
@@ -222,7 +222,7 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
         meta = {"caption": caption or "", "source": "added"}
         thumbs = {item_id: _png_thumbnail(pil)} if pil is not None else None
         with state.lock:
-            if item_id in state.index._row_of:
+            if item_id in state.index:
                 raise HTTPException(409, f"item id {item_id!r} is already in the index")
             state.index.add(emb, [item_id], item_meta=[meta], thumbnails=thumbs)
             return {**_item_json(state.index, state.index.row_of(item_id)), "durable": True}
