@@ -128,3 +128,58 @@ def test_demo_runs_both_tasks_and_text_search(data_dirs, tmp_path):
     # an index of another task is refused by name
     result, text = invoke("eval", "fashion-mnist", "--index", str(out / "openclipart" / "index"))
     assert result.exit_code == 2 and "built for task 'openclipart'" in text
+
+
+# -- universal tasks: genir build universal / genir eval --task -----------------------------------
+
+@pytest.fixture(scope="module")
+def universal_dir(tmp_path_factory):
+    from genir.data.universal import build_universal_tasks
+    from test_universal_data import BUILD, write_clipart, write_wordnet
+
+    base = tmp_path_factory.mktemp("universal")
+    out = base / "tasks"
+    build_universal_tasks(out, seed=0, **BUILD, openclipart_root=write_clipart(base / "clip"),
+                          fashion_mnist_root=write_fashion_mnist(base / "fmnist"),
+                          wordnet_root=write_wordnet(base / "wordnet"))
+    return out
+
+
+def test_eval_universal_task_builds_and_scores_both_pools(universal_dir, data_dirs, tmp_path):
+    out = tmp_path / "r.json"
+    result, text = invoke("eval", "--task", "text_to_image", "--data", str(universal_dir),
+                          "--quick", "--steps", "40", "--json", str(out), "--no-progress",
+                          "--cache-dir", str(data_dirs["cache"]))
+    assert result.exit_code == 0, text
+    got = json.loads(out.read_text())
+    assert list(got) == ["text_to_image"]
+    pools = got["text_to_image"]["pools"]
+    assert set(pools) == {"task", "global"}
+    assert set(pools["global"]["methods"]) == {"genir", "genir+rerank", "flat knn"}
+    assert "| text_to_image | global (" in text and "modality@1" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (("eval", "fashion-mnist", "--task", "text_to_image"), "not both"),
+    (("eval",), "name a bundled task"),
+    (("eval", "--task", "nope"), "unknown universal task 'nope'"),
+])
+def test_eval_universal_bad_arguments(args, message):
+    result, text = invoke(*args)
+    assert result.exit_code == 2 and message in text
+
+
+def test_build_universal_then_eval_the_saved_index(universal_dir, data_dirs, tmp_path):
+    common = ("--data", str(universal_dir), "--no-progress", "--cache-dir", str(data_dirs["cache"]))
+    result, text = invoke("build", "universal", "--out", str(tmp_path / "u"), "--quick",
+                          "--steps", "40", *common)
+    assert result.exit_code == 0, text
+    assert (tmp_path / "u" / "encoder").is_dir()
+    result, text = invoke("eval", "--task", "all", "--index", str(tmp_path / "u"), *common)
+    assert result.exit_code == 0, text
+    assert "| image_to_image | task (" in text and "| text_to_text | global (" in text
+    # a bundled-task index is refused for universal evaluation
+    result, text = invoke("build", "fashion-mnist", "--out", str(tmp_path / "f"), "--steps", "5",
+                          "--limit", "60", "--no-progress")
+    result, text = invoke("eval", "--task", "all", "--index", str(tmp_path / "f"), *common)
+    assert result.exit_code == 2 and "not a universal index" in text

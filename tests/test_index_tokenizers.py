@@ -11,7 +11,7 @@ from genir.decoder.train import SameLabelSampler, TrainConfig
 from genir.ids.avg import AVGConfig
 from genir.ids.irgen import IRGenConfig
 from genir.ids.rq import RQConfig
-from genir.index import TOKENIZERS, GenerativeIndex, IndexConfig
+from genir.index import MODALITY_TOKENIZERS, TOKENIZERS, GenerativeIndex, IndexConfig
 
 
 def config(tokenizer: str, **train) -> IndexConfig:
@@ -33,7 +33,8 @@ def data():
     return x, labels, captions
 
 
-@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+# the modality tokenizer (genius) has its own tests: tests/test_universal_model.py
+@pytest.mark.parametrize("name", sorted(set(TOKENIZERS) - set(MODALITY_TOKENIZERS)))
 def test_each_tokenizer_builds_searches_and_round_trips(name, data, tmp_path):
     x, labels, captions = data
     index = GenerativeIndex.build(x, queries=x, sampler=SameLabelSampler(labels, labels),
@@ -63,7 +64,8 @@ def test_tokenizer_config_class_follows_the_name():
         IndexConfig(tokenizer="nope")
 
 
-@pytest.mark.parametrize("name,needs", [("irgen", "item_labels"), ("avg", "item_text_emb")])
+@pytest.mark.parametrize("name,needs", [("irgen", "item_labels"), ("avg", "item_text_emb"),
+                                        ("genius", "item_modality")])
 def test_supervised_tokenizers_name_their_missing_input(name, needs, data):
     x, _, _ = data
     with pytest.raises(ValueError, match=needs):

@@ -4,6 +4,8 @@
     genir build TASK --out DIR     build and save an index on a bundled task
     genir search DIR --text "..."  query a saved index (or --image PATH)
     genir eval TASK [--index DIR]  score genir, genir+rerank and flat k-NN; table + JSON
+    genir build universal --out DIR    one GENIUS-style index over every universal task's pool
+    genir eval --task NAME [--index DIR]  a universal task (or "all"): task pool and global pool
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from genir.index import MAX_K
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Generative retrieval over images and text.")
 
-TaskArg = Annotated[str, typer.Argument(help="bundled task: fashion-mnist or openclipart")]
+TaskArg = Annotated[str, typer.Argument(help="bundled task: fashion-mnist or openclipart "
+                                              "(build: or universal)")]
+UniversalDirOpt = Annotated[Path, typer.Option("--data", help="the universal tasks' folder "
+                                               "(written there first if missing)")]
+DEFAULT_UNIVERSAL_DATA = Path("runs/universal/tasks")
 QuickOpt = Annotated[bool, typer.Option("--quick", help="fewer training steps and queries")]
 QueriesOpt = Annotated[int, typer.Option("--num-queries", min=1, help="evaluation queries")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=10,
@@ -119,11 +125,20 @@ def demo(out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/
 @app.command()
 def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index folder")],
           quick: QuickOpt = False, steps: StepsOpt = None, limit: LimitOpt = None,
-          tokenizer: TokenizerOpt = "rq", cache_dir: CacheOpt = None,
-          progress: ProgressOpt = True) -> None:
-    """Build a generative index on a bundled task and save it to --out."""
+          tokenizer: TokenizerOpt = "rq", data_dir: UniversalDirOpt = DEFAULT_UNIVERSAL_DATA,
+          cache_dir: CacheOpt = None, progress: ProgressOpt = True) -> None:
+    """Build a generative index on a bundled task (or "universal": every universal task's
+    candidates in one index) and save it to --out."""
     from genir import tasks
 
+    if task == "universal":
+        index, data = _build_universal(data_dir, quick=quick, steps=steps,
+                                       cache_dir=cache_dir, progress=progress)
+        index.save(out)
+        data.encoder.save(out / data.encoder_spec["path"])
+        typer.echo(json.dumps(index.stats(), indent=1))
+        typer.echo(f"saved {len(index)} items to {out}")
+        return
     config = _config(task, quick, steps, tokenizer)
     data = _prepare(task, cache_dir=cache_dir, num_queries=1, limit=limit, progress=progress)
     index = tasks.build(data, config, progress=progress)
@@ -168,15 +183,29 @@ def search(index_dir: Annotated[Path, typer.Argument(help="a folder written by g
 
 
 @app.command("eval")
-def eval_(task: TaskArg,
+def eval_(task: Annotated[str | None, typer.Argument(
+              help="bundled task: fashion-mnist or openclipart")] = None,
+          universal_task: Annotated[str | None, typer.Option(
+              "--task", help="a universal task (text_to_image, image_to_text, image_to_image, "
+              "text_to_text, text_to_image_text, image_text_to_image) or all")] = None,
           index_dir: Annotated[Path | None, typer.Option("--index", help="a saved index; "
                                                          "built from scratch if omitted")] = None,
           json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
           quick: QuickOpt = False, num_queries: QueriesOpt = 1000, steps: StepsOpt = None,
           limit: LimitOpt = None, beam_size: Annotated[int | None, typer.Option(min=1)] = None,
-          tokenizer: TokenizerOpt = "rq", cache_dir: CacheOpt = None,
-          progress: ProgressOpt = True) -> None:
-    """Score genir, genir+rerank and flat k-NN on a bundled task."""
+          tokenizer: TokenizerOpt = "rq", data_dir: UniversalDirOpt = DEFAULT_UNIVERSAL_DATA,
+          cache_dir: CacheOpt = None, progress: ProgressOpt = True) -> None:
+    """Score genir, genir+rerank and flat k-NN on a bundled task, or on a universal task
+    (--task) in its own pool and in the global pool."""
+    if (task is None) == (universal_task is None):
+        _fail("name a bundled task (genir eval fashion-mnist) or a universal one "
+              "(genir eval --task text_to_image), not both")
+    if universal_task is not None:
+        _eval_universal(universal_task, index_dir=index_dir, json_out=json_out, quick=quick,
+                        steps=steps, beam_size=beam_size, data_dir=data_dir,
+                        cache_dir=cache_dir, progress=progress)
+        return
+    assert task is not None
     from genir import tasks
     from genir.index import GenerativeIndex
     from genir.query import QueryEncoder
@@ -203,6 +232,60 @@ def eval_(task: TaskArg,
     typer.echo(tasks.format_table(result))
     if json_out is not None:
         _write_json(json_out, result.to_dict())
+
+
+def _build_universal(data_dir: Path, *, quick: bool, steps: int | None, cache_dir: Path | None,
+                     progress: bool, encoder: Any = None) -> tuple[Any, Any]:
+    from genir.data.corpus import MissingDataError
+    from genir.universal import build_universal, default_config, prepare_universal
+
+    try:
+        data = prepare_universal(data_dir, cache=_cache(cache_dir), encoder=encoder,
+                                 progress=progress)
+    except (MissingDataError, ValueError) as exc:
+        _fail(str(exc))
+    if encoder is not None:
+        return None, data
+    config = default_config(quick=quick)
+    if steps is not None:
+        config.train.steps = steps
+    return build_universal(data, config, progress=progress), data
+
+
+def _eval_universal(name: str, *, index_dir: Path | None, json_out: Path | None, quick: bool,
+                    steps: int | None, beam_size: int | None, data_dir: Path,
+                    cache_dir: Path | None, progress: bool) -> None:
+    from genir.data.universal import TASKS
+    from genir.index import GenerativeIndex
+    from genir.universal import UNIVERSAL, evaluate_universal, format_universal
+
+    if name != "all" and name not in TASKS:
+        _fail(f"unknown universal task {name!r}; choose one of {', '.join(TASKS)} or all")
+    if index_dir is not None:
+        from genir.query import QueryEncoder
+
+        try:
+            index = GenerativeIndex.load(index_dir)
+            if index.extra.get("task") != UNIVERSAL:
+                _fail(f"{index_dir} is not a universal index (task "
+                      f"{index.extra.get('task')!r}); build one with genir build universal")
+            encoder = QueryEncoder.for_index(index_dir, index).encoder
+            encoder.cache = _cache(cache_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        _, data = _build_universal(data_dir, quick=quick, steps=steps, cache_dir=cache_dir,
+                                   progress=progress, encoder=encoder)
+    else:
+        index, data = _build_universal(data_dir, quick=quick, steps=steps, cache_dir=cache_dir,
+                                       progress=progress)
+    try:
+        result = evaluate_universal(data, index, tasks=None if name == "all" else [name],
+                                    beam_size=beam_size)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(format_universal(result))
+    if json_out is not None:
+        _write_json(json_out, result)
 
 
 @app.command()

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from genir.decoder.model import CodeDecoder, DecoderConfig, init_code_embeddings
 from genir.decoder.train import PairSampler, Sampler, TrainConfig, train_decoder
 from genir.ids.avg import AVGConfig, AVGTokenizer
+from genir.ids.genius import MODALITIES, GeniusConfig, GeniusTokenizer
 from genir.ids.hkmeans import HierarchicalKMeansTokenizer
 from genir.ids.irgen import IRGenConfig, IRGenTokenizer
 from genir.ids.random_ids import RandomTokenizer
@@ -49,11 +50,15 @@ TOKENIZERS: dict[str, Any] = {
     "hkmeans": HierarchicalKMeansTokenizer,   # hierarchical k-means (DSI / NCI baseline)
     "irgen": IRGenTokenizer,                  # RQ supervised by class labels (IRGen eq. 3-4)
     "avg": AVGTokenizer,                      # RQ aligned with captions (AVG eq. 3-6)
+    "genius": GeniusTokenizer,                # modality code first, contrastive (GENIUS eq. 3-8)
 }
 # the config class each tokenizer reads (a subclass of RQConfig: the RQ fields plus its own)
-TOKENIZER_CONFIGS: dict[str, type[RQConfig]] = {"irgen": IRGenConfig, "avg": AVGConfig}
+TOKENIZER_CONFIGS: dict[str, type[RQConfig]] = {"irgen": IRGenConfig, "avg": AVGConfig,
+                                                 "genius": GeniusConfig}
 # what each tokenizer's fit needs beside the item embeddings
-TOKENIZER_NEEDS = {"irgen": "item_labels", "avg": "item_text_emb"}
+TOKENIZER_NEEDS = {"irgen": "item_labels", "avg": "item_text_emb", "genius": "item_modality"}
+# tokenizers whose encode needs each item's modality (item_meta["modality"]: MODALITIES name)
+MODALITY_TOKENIZERS = ("genius",)
 
 
 def tokenizer_class(name: str) -> Any:
@@ -163,7 +168,7 @@ class GenerativeIndex:
         if not np.isfinite(emb).all():
             raise ValueError("embeddings contain NaN or inf")
         metas = list(item_meta) if item_meta is not None else [{} for _ in item_ids]
-        codes = self.tokenizer.encode(emb)
+        codes = self._encode(emb, metas)
         if self.store is not None:
             self.store.add(item_ids, codes, emb, metas, thumbnails)
         first = len(self.item_ids)
@@ -172,6 +177,33 @@ class GenerativeIndex:
         self.item_meta = self.item_meta + metas
         self._rebuild()
         return np.arange(first, len(self.item_ids), dtype=np.int64)
+
+    def _encode(self, emb: np.ndarray, metas: list[dict[str, Any]]) -> np.ndarray:
+        """Codes of new items; a modality tokenizer reads each item's meta["modality"]."""
+        if self.config.tokenizer not in MODALITY_TOKENIZERS:
+            return self.tokenizer.encode(emb)
+        return self.tokenizer.encode(emb, modality_ids(metas))
+
+    @property
+    def item_modality(self) -> np.ndarray:
+        """(N,) int64 modality per item (0 image, 1 text, 2 image_text); for an index whose
+        items carry no "modality" metadata, all 0 (a single-modality image index)."""
+        if all("modality" in m for m in self.item_meta):
+            return modality_ids(self.item_meta)
+        return np.zeros(len(self.item_ids), dtype=np.int64)
+
+    def subset(self, rows: np.ndarray) -> GenerativeIndex:
+        """A read-only index over some rows, sharing this one's decoder and tokenizer: the
+        trie holds only their IDs, so search is confined to them (a task's own candidate
+        pool inside a universal pool). Its rows are positions in `rows`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or len(rows) == 0 or len(np.unique(rows)) != len(rows) or \
+                rows.min() < 0 or rows.max() >= len(self.item_ids):
+            raise ValueError(f"subset needs distinct rows in 0..{len(self.item_ids) - 1}")
+        return GenerativeIndex(tokenizer=self.tokenizer, decoder=self.decoder,
+                               item_emb=self.item_emb[rows], codes=self.codes[rows],
+                               item_ids=[self.item_ids[r] for r in rows], config=self.config,
+                               extra=self.extra, item_meta=[self.item_meta[r] for r in rows])
 
     def _append_rows(self, emb: np.ndarray, codes: np.ndarray) -> None:
         """Append to item_emb / codes through buffers that grow by half when full, so a
@@ -216,13 +248,18 @@ class GenerativeIndex:
               extra: dict[str, Any] | None = None,
               item_meta: list[dict[str, Any]] | None = None,
               item_labels: np.ndarray | None = None,
-              item_text_emb: np.ndarray | None = None) -> GenerativeIndex:
+              item_text_emb: np.ndarray | None = None,
+              item_modality: np.ndarray | None = None,
+              tokenizer_pairs: tuple[np.ndarray, np.ndarray] | None = None) -> GenerativeIndex:
         """Fit the tokenizer on (N, D) item embeddings and train the decoder.
 
         queries (Nq, Dq) with `sampler` drawing (query row, item row) pairs; both None
         means self-pairs (query = the item's own embedding). The supervised tokenizers
         need more: "irgen" the items' class labels (N,), "avg" a caption vector per item
-        (N, D) in the items' space.
+        (N, D) in the items' space, "genius" each item's modality (N,) (0 image, 1 text,
+        2 image_text; also written to item_meta["modality"]) and, optionally,
+        tokenizer_pairs = (queries (P, D) in the items' space, their target rows (P,)) for
+        its contrastive loss (default: each item is its own query).
         """
         config = (config or IndexConfig()).check()
         item_emb = np.asarray(item_emb, dtype=np.float32)
@@ -238,12 +275,28 @@ class GenerativeIndex:
         t0 = time.perf_counter()
         tokenizer = tokenizer_class(config.tokenizer)(config.rq)
         need = TOKENIZER_NEEDS.get(config.tokenizer)
-        side = {"item_labels": item_labels, "item_text_emb": item_text_emb}.get(need or "")
+        side = {"item_labels": item_labels, "item_text_emb": item_text_emb,
+                "item_modality": item_modality}.get(need or "")
         if need and side is None:
             raise ValueError(f"the {config.tokenizer!r} tokenizer needs {need}: pass "
                              f"GenerativeIndex.build(..., {need}=...)")
-        tokenizer = tokenizer.fit(item_emb, side) if need else tokenizer.fit(item_emb)
-        codes = tokenizer.encode(item_emb)
+        if config.tokenizer in MODALITY_TOKENIZERS:
+            modality = np.asarray(item_modality, dtype=np.int64)
+            if modality.shape != (len(item_emb),) or modality.min() < 0 or \
+                    modality.max() >= len(MODALITIES):
+                raise ValueError(f"item_modality must be ({len(item_emb)},) ints in 0..2 "
+                                 f"({', '.join(MODALITIES)})")
+            item_meta = [{**(m or {}), "modality": MODALITIES[int(v)]} for m, v in zip(
+                item_meta or [{} for _ in item_ids], modality, strict=True)]
+            pair_q, pair_t = tokenizer_pairs if tokenizer_pairs is not None else (
+                item_emb, np.arange(len(item_emb)))
+            pair_t = np.asarray(pair_t, dtype=np.int64)
+            tokenizer = tokenizer.fit(item_emb[pair_t], modality[pair_t],
+                                      np.asarray(pair_q, dtype=np.float32))
+            codes = tokenizer.encode(item_emb, modality)
+        else:
+            tokenizer = tokenizer.fit(item_emb, side) if need else tokenizer.fit(item_emb)
+            codes = tokenizer.encode(item_emb)
         timings["tokenizer_s"] = time.perf_counter() - t0
         config.decoder.query_dim = int(np.asarray(queries).shape[1])
         config.decoder.codebook_sizes = tokenizer.codebook_sizes
@@ -448,6 +501,18 @@ class GenerativeIndex:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def modality_ids(metas: list[dict[str, Any]]) -> np.ndarray:
+    """(N,) int64 modality ids from item metadata ("image", "text" or "image_text")."""
+    out = np.empty(len(metas), dtype=np.int64)
+    for i, meta in enumerate(metas):
+        name = meta.get("modality")
+        if name not in MODALITIES:
+            raise ValueError(f"item {i}: this index's tokenizer needs item_meta['modality'] "
+                             f"in {MODALITIES}, got {name!r}")
+        out[i] = MODALITIES.index(name)
+    return out
 
 
 def _level_codebooks(tokenizer: Any, name: str) -> list[torch.Tensor]:

@@ -64,7 +64,9 @@ class GeniusConfig(RQConfig):
     gamma: float = 100.0          # eq. (8) weight on L_mse (paper: 100)
     ema_decay: float = 0.99       # EMA codebooks, VQ-VAE-2 [41] (the GENIUS code uses 0.9)
     ema_eps: float = 1e-5         # Laplace smoothing of the EMA cluster sizes (VQ-VAE-2)
-    dead_threshold: float = 1e-3  # levels >= 2: re-seed a code whose EMA hits per batch fall below
+    dead_threshold: float = 0.5   # levels >= 2: re-seed a code whose EMA hits per batch fall below
+    #                               (1e-3 left 149 distinct IDs for 19k universal items: codes that
+    #                               died early never came back; 0.5 gave 13.5k, see docs/universal.md)
     steps: int = 2000             # optimiser steps (paper: 20 epochs)
     batch_size: int = 256         # paper: 256
     lr: float = 1e-4              # paper: AdamW, 1e-4
