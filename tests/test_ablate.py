@@ -63,3 +63,31 @@ def test_summary_keeps_earlier_studies_of_the_same_scale(tmp_path):
     assert text.index("## identifiers") < text.index("## length")   # STUDIES order
     assert "v0.5" in text and "v0.25" in text and "20 s of study time" in text
     assert _previous(tmp_path, quick=True)["studies"] == {}          # other scale: fresh
+
+
+def test_genius_study_on_fixture_universal_data(monkeypatch):
+    """Study 6 (GENIUS Table 4) end to end on the hermetic universal fixture, tiny models."""
+    import genir.universal as uni
+    from genir.ablate import Data, study_genius
+    from test_universal_model import pipeline_data
+
+    data = pipeline_data()
+
+    def tiny(quick: bool = False):
+        cfg = uni.IndexConfig(tokenizer="genius")
+        cfg.rq.num_levels, cfg.rq.codebook_size = 3, 8
+        cfg.rq.steps, cfg.rq.hidden_dim, cfg.rq.modality_codes = 20, 16, "given"
+        cfg.decoder.d_model, cfg.decoder.num_layers, cfg.decoder.num_heads = 16, 1, 2
+        cfg.train.steps, cfg.train.batch_size, cfg.train.warmup_steps = 30, 32, 5
+        return cfg
+
+    monkeypatch.setattr(uni, "default_config", tiny)
+    d = Data(Scale.of(True), cache=None, progress=False)   # type: ignore[arg-type]
+    d._universal = data
+    st = study_genius(d, Scale.of(True))
+    settings = [r["setting"] for r in st.rows]
+    assert settings == ["full", "full + rerank", "flat knn (no instruction)",
+                        "w/o modality decoupling", "w/o query augmentation", "w/o L_mse"]
+    assert all(len(r["metrics"]) == len(st.columns) for r in st.rows)
+    assert "Mean R@5 over the 6 tasks" in st.verdict and "w/o L_mse" in st.verdict
+    assert all(0.0 <= v <= 1.0 for r in st.rows for v in r["metrics"].values())

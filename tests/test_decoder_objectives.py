@@ -255,11 +255,36 @@ def test_query_aug_needs_item_emb_and_changes_training():
     cfg = TrainConfig(steps=3, batch_size=16, warmup_steps=1, query_aug="sample")
     with pytest.raises(ValueError, match="item_emb"):
         train_decoder(tiny_decoder(), queries=queries, item_codes=codes, sampler=sampler, config=cfg)
-    with pytest.raises(ValueError, match="item_emb"):
+    with pytest.raises(ValueError, match="item_emb"):   # wider than the queries
         train_decoder(tiny_decoder(), queries=queries, item_codes=codes, sampler=sampler,
-                      config=cfg, item_emb=item_emb[:, :4])
+                      config=cfg, item_emb=np.concatenate([item_emb, item_emb[:, :1]], 1))
     runs = [train_decoder(tiny_decoder(), queries=queries, item_codes=codes, sampler=sampler,
                           config=c, item_emb=item_emb)
             for c in (cfg, cfg, TrainConfig(steps=3, batch_size=16, warmup_steps=1))]
     assert runs[0] == runs[1]          # seeded
     assert runs[0][0] != runs[2][0]    # the augmented first batch differs from the plain one
+
+
+def test_query_aug_on_content_plus_instruction_keeps_the_instruction(monkeypatch):
+    """A universal query is [content (D) ; instruction (E)]: only the content is mixed."""
+    codes, item_emb, queries, sampler = toy_data()
+    content = item_emb[:, :4]
+    seen = []
+    real_loss = CodeDecoder.loss
+
+    def spy(self, query, target):
+        seen.append(query.detach().clone())
+        return real_loss(self, query, target)
+
+    monkeypatch.setattr(CodeDecoder, "loss", spy)
+    cfg = TrainConfig(steps=2, batch_size=16, warmup_steps=1, query_aug="sample")
+    train_decoder(tiny_decoder(), queries=queries, item_codes=codes, sampler=sampler, config=cfg,
+                  item_emb=content)
+    q_rows, targets = sampler.sample(np.random.default_rng(cfg.seed), cfg.batch_size)
+    first = seen[0]
+    torch.testing.assert_close(first[:, 4:], torch.from_numpy(queries[q_rows, 4:]))  # kept
+    assert not torch.allclose(first[:, :4], torch.from_numpy(queries[q_rows, :4]))   # mixed
+    # on the segment between the query's content and its target's
+    q, c = torch.from_numpy(queries[q_rows, :4]), torch.from_numpy(content[targets])
+    t = ((first[:, :4] - q) * (c - q)).sum(1) / (c - q).pow(2).sum(1)
+    torch.testing.assert_close(first[:, :4], q + t[:, None] * (c - q), atol=1e-5, rtol=1e-5)

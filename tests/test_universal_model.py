@@ -176,9 +176,21 @@ class WordTower:
         return l2_normalize(out + 1e-3)
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    base = tmp_path_factory.mktemp("uni")
+_PIPELINE_DATA: list = []
+
+
+def pipeline_data():
+    """The universal fixture data, prepared once per test session (tiny towers)."""
+    import tempfile
+    from pathlib import Path
+
+    if not _PIPELINE_DATA:
+        base = Path(tempfile.mkdtemp(prefix="genir-uni-"))
+        _PIPELINE_DATA.append(_prepare_fixture(base))
+    return _PIPELINE_DATA[0]
+
+
+def _prepare_fixture(base):
     sources = {"openclipart_root": write_clipart(base / "openclipart"),
                "fashion_mnist_root": write_fashion_mnist(base / "fmnist"),
                "wordnet_root": write_wordnet(base / "wordnet")}
@@ -190,6 +202,12 @@ def pipeline(tmp_path_factory):
                              build_kwargs={k: v for k, v in BUILD.items() if k != "per_task_queries"}
                              | sources)
     assert encoder.fitted   # an unfitted encoder gets its heads trained
+    return data
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    data = pipeline_data()
     cfg = default_config(quick=True)
     cfg.rq.codebook_size = 8
     cfg.rq.steps = 30          # type: ignore[attr-defined]
@@ -240,8 +258,9 @@ def test_universal_evaluation_covers_every_task_and_pool(pipeline):
         assert set(task["pools"]) == {"task", "global"}
         for pool in task["pools"].values():
             assert set(pool["methods"]) == {"genir", "genir+rerank", "flat knn"}
-        # in its own pool every returned item has the task's target modality
-        assert task["pools"]["task"]["methods"]["genir"]["modality@10"] == 1.0
+    # in the global pool the instruction picks the modality of the top-1 (the first code)
+    top1 = [t["pools"]["global"]["methods"]["genir"]["modality@1"] for t in result.values()]
+    assert np.mean(top1) >= 0.9, top1
     table = format_universal(result)
     assert table.count("\n") == 2 + len(TASKS) * 2 * 3 - 1
     with pytest.raises(ValueError, match="unknown universal tasks"):

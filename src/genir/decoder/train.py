@@ -195,7 +195,9 @@ def train_decoder(model: CodeDecoder, *, queries: np.ndarray, item_codes: np.nda
     """Fit `model` in place; returns the loss of every step (L_gen + dis_weight * L_dis).
 
     queries: (Nq, Dq) float32 query embeddings; item_codes: (N, M) target IDs; item_emb:
-    (N, Dq) item embeddings in the query space, needed only for `config.query_aug`.
+    (N, D) item embeddings in the query space, needed only for `config.query_aug`; with
+    D < Dq (a universal query: content then instruction) only the first D columns of a
+    query are mixed and the rest, the instruction, is kept.
     """
     from tqdm.auto import tqdm
 
@@ -204,9 +206,10 @@ def train_decoder(model: CodeDecoder, *, queries: np.ndarray, item_codes: np.nda
             raise ValueError(f"query_aug={config.query_aug!r} mixes queries with their targets' "
                              "embeddings: pass item_emb (N, Dq)")
         item_emb = np.asarray(item_emb, dtype=np.float32)
-        if item_emb.shape != (len(item_codes), np.shape(queries)[1]):
-            raise ValueError(f"item_emb must be (N, Dq) = ({len(item_codes)}, "
-                             f"{np.shape(queries)[1]}), got {item_emb.shape}")
+        if item_emb.ndim != 2 or len(item_emb) != len(item_codes) or \
+                not 1 <= item_emb.shape[1] <= np.shape(queries)[1]:
+            raise ValueError(f"item_emb must be (N, D) with N = {len(item_codes)} and D <= the "
+                             f"query width {np.shape(queries)[1]}, got {item_emb.shape}")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     aug_rng = np.random.default_rng([config.seed, 1])  # own stream: pairs match the plain run
@@ -230,8 +233,11 @@ def train_decoder(model: CodeDecoder, *, queries: np.ndarray, item_codes: np.nda
             q_rows, targets = sampler.sample(rng, config.batch_size)
             query, target = q_all[q_rows], codes_all[targets]
             if emb_all is not None:
-                query = mix_queries(query, emb_all[targets], aug_rng, mode=config.query_aug,
-                                    alpha=config.query_aug_alpha, prob=config.query_aug_prob)
+                width = emb_all.shape[1]
+                mixed = mix_queries(query[:, :width], emb_all[targets], aug_rng,
+                                    mode=config.query_aug, alpha=config.query_aug_alpha,
+                                    prob=config.query_aug_prob)
+                query = torch.cat([mixed, query[:, width:]], 1)
             loss = model.loss(query, target)
             if dis_index is not None and step % config.dis_every == 0:
                 # AVG eq. (10): L_AM = L_gen + L_dis (here weighted)
