@@ -11,6 +11,8 @@ plot, with a line that says whether the paper's ordering holds here and by how m
     avg          AVG Table 3     full AVG and without alignment / voken init / discriminative loss
     fresh        IRGen Table 6   half the gallery added after training, no retraining
     queryaug     GENIUS eq. 11   no query augmentation vs per-sample (paper) vs per-dimension (code)
+    querypath    issue 4         patch tokens vs pooled prefix (Fashion-MNIST), caption token
+                                 sequence vs pooled caption vector (Openclipart)
     genius       GENIUS Table 4  full, w/o modality decoupling / query augmentation / L_mse, and
                                  re-ranking, on the universal tasks' global pool (genir.universal)
 
@@ -37,7 +39,11 @@ from genir.eval import metrics
 from genir.index import GenerativeIndex, IndexConfig
 from genir.io import atomic_write_bytes, atomic_write_json
 
-STUDIES = ("identifiers", "length", "codebook", "beam", "avg", "fresh", "queryaug", "genius")
+STUDIES = ("identifiers", "length", "codebook", "beam", "avg", "fresh", "queryaug", "genius",
+           "querypath")
+PATCH_IMAGE_SIZE = 128   # query images for the patch path: a 4x4 grid of EfficientNet cells
+TOKEN_CHANNELS = 128     # PCA width of patch and word-piece tokens
+MAX_TEXT_TOKENS = 32
 UNIVERSAL_ROOT = Path("runs/universal/tasks")   # the universal tasks (written there if missing)
 FMNIST_KS = (1, 10, 20, 30)
 CURVE_K = 100
@@ -381,10 +387,108 @@ def study_genius(d: Data, scale: Scale) -> Study:
     return st
 
 
+def study_querypath(d: Data, scale: Scale) -> Study:
+    """Pooled vs token-sequence query conditioning on the same IDs, pairs and steps."""
+    from genir.decoder.train import PairSampler
+    from genir.encoders.tokens import TokenPCA, flatten_tokens, image_patch_tokens, text_tokens
+    from genir.encoders.towers import EfficientNetLiteTower, MiniLMTower
+
+    st = Study("querypath", "IRGen sec. 3.2 (the query image's patch tokens through "
+               "cross-attention) and AVG sec. 3.2 (a seq2seq model over the caption's tokens); "
+               "neither paper ablates token against pooled conditioning",
+               ["P@1", "P@10", "P@30", "R@1", "R@5", "R@10", "MRR"])
+    quick = scale.fmnist_items is not None
+
+    def trial(data: tasks.TaskData, setting: str, queries: np.ndarray, sampler: Any,
+            test: np.ndarray, ks: dict[str, tuple[int, ...]], **overrides: Any) -> dict[str, float]:
+        t0 = time.perf_counter()
+        index = GenerativeIndex.build(data.item_emb, item_ids=data.item_ids, queries=queries,
+                                      sampler=sampler, config=config_for(data.name, scale,
+                                                                         **overrides))
+        secs = time.perf_counter() - t0
+        out = {}
+        for rerank in (False, True):
+            _, rows = index.search(test, max(*ks["P"], *ks["R"]), rerank=rerank,
+                                   query_emb=data.query_emb)
+            hits = metrics.hit_matrix(rows, **data.relevance)
+            m = {f"P@{k}": metrics.precision_at(hits, k) for k in ks["P"]}
+            m.update({f"R@{k}": metrics.recall_at(hits, k) for k in ks["R"]})
+            m["MRR"] = metrics.mrr(hits)
+            st.rows.append({"setting": setting + (" + rerank" if rerank else ""), "metrics": m,
+                            "build_s": secs, "query_dim": int(queries.shape[1])})
+            out["rerank" if rerank else "plain"] = m
+        return out
+
+    # Fashion-MNIST image -> image: the query image at PATCH_IMAGE_SIZE, pooled or 4x4 cells;
+    # IDs from the task's 64 px item vectors; queries: a seeded subset of the gallery (x1) with
+    # a same-class target (x2), as IRGen trains
+    fm = d.fmnist
+    assert fm.thumbnail_source is not None and fm.query_source is not None
+    labels = fm.item_labels
+    assert labels is not None
+    rng = np.random.default_rng(0)
+    sub = np.sort(rng.choice(len(fm.item_ids), min(3000 if quick else 20_000, len(fm.item_ids)),
+                             replace=False))
+    images = np.concatenate([fm.thumbnail_source[sub], fm.query_source])
+    tower = EfficientNetLiteTower(image_size=PATCH_IMAGE_SIZE)
+
+    def patches() -> np.ndarray:
+        raw = image_patch_tokens(tower, images, progress=d.progress)          # (N, P, 1280)
+        pooled = raw.mean(1)
+        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+        pca = TokenPCA(TOKEN_CHANNELS).fit(raw[:len(sub)])
+        return np.concatenate([pooled, flatten_tokens(pca.transform(raw))], 1)
+
+    both = d.cache.get_or_compute(f"{tower.cache_key()}:pooled+pca{TOKEN_CHANNELS}", "patches",
+                                  images, patches)
+    pooled, tokens = both[:, :tower.dim], both[:, tower.dim:]
+    grid = tokens.shape[1] // TOKEN_CHANNELS
+    sampler = SameLabelSampler(labels[sub], labels)
+    ks = {"P": (1, 10, 30), "R": (10,)}
+    fm_pool = trial(fm, f"Fashion-MNIST pooled prefix ({PATCH_IMAGE_SIZE} px)", pooled[:len(sub)],
+                  sampler, pooled[len(sub):], ks)
+    fm_tok = trial(fm, f"Fashion-MNIST patch tokens ({grid} cells, {PATCH_IMAGE_SIZE} px)",
+                 tokens[:len(sub)], sampler, tokens[len(sub):], ks,
+                 **{"decoder.query_tokens": grid})
+
+    # Openclipart text -> image: training captions only (no image indexing pairs: those are
+    # not token sequences), pooled aligned caption vector or MiniLM word-piece states
+    cl = d.clip
+    assert cl.item_meta is not None and cl.texts is not None
+    n = len(cl.item_ids)
+    targets = cl.sampler.target_items
+    train_rows = targets[:len(targets) - n]          # caption rows (then come the images)
+    texts = [cl.item_meta[r]["caption"] for r in train_rows] + list(cl.texts)
+    text_tower = MiniLMTower()
+
+    def word_pieces() -> np.ndarray:
+        raw = text_tokens(text_tower, texts, max_tokens=MAX_TEXT_TOKENS)
+        pca = TokenPCA(TOKEN_CHANNELS).fit(raw[:len(train_rows)])
+        return flatten_tokens(pca.transform(raw))
+
+    words = d.cache.get_or_compute(f"{text_tower.cache_key()}:tokens{MAX_TEXT_TOKENS}:"
+                                   f"pca{TOKEN_CHANNELS}", "wordpieces", texts, word_pieces)
+    sampler = PairSampler(np.arange(len(train_rows)), train_rows)
+    ks = {"P": (), "R": (1, 5, 10)}
+    cl_pool = trial(cl, "Openclipart pooled caption (captions only)",
+                  cl.train_queries[:len(train_rows)], sampler, cl.query_emb, ks)
+    cl_tok = trial(cl, f"Openclipart token sequence ({MAX_TEXT_TOKENS} word pieces, captions only)",
+                 words[:len(train_rows)], sampler, words[len(train_rows):], ks,
+                 **{"decoder.query_tokens": MAX_TEXT_TOKENS})
+    st.verdict = (
+        f"Fashion-MNIST P@10: patch tokens {fm_tok['plain']['P@10']:.3f} vs pooled prefix "
+        f"{fm_pool['plain']['P@10']:.3f} ({fm_tok['plain']['P@10'] - fm_pool['plain']['P@10']:+.3f}); "
+        f"P@30 {fm_tok['plain']['P@30']:.3f} vs {fm_pool['plain']['P@30']:.3f}. "
+        f"Openclipart R@10: token sequence {cl_tok['plain']['R@10']:.3f} vs pooled "
+        f"{cl_pool['plain']['R@10']:.3f} ({cl_tok['plain']['R@10'] - cl_pool['plain']['R@10']:+.3f}); "
+        f"R@1 {cl_tok['plain']['R@1']:.3f} vs {cl_pool['plain']['R@1']:.3f}.")
+    return st
+
+
 STUDY_FNS: dict[str, Callable[[Data, Scale], Study]] = {
     "identifiers": study_identifiers, "length": study_length, "codebook": study_codebook,
     "beam": study_beam, "avg": study_avg, "fresh": study_fresh, "queryaug": study_queryaug,
-    "genius": study_genius}
+    "genius": study_genius, "querypath": study_querypath}
 
 
 # ------------------------------------------------------------------ plots

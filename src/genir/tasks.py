@@ -52,6 +52,8 @@ class TaskData:
     item_labels: np.ndarray | None = None     # (N,) class per item (IRGen tokenizer)
     item_text_emb: np.ndarray | None = None   # (N, D) each item's caption vector (AVG tokenizer)
     thumbnail_source: Any = None  # (N, H, W) uint8 gallery pixels to store as PNG thumbnails
+    query_source: Any = None      # the evaluation queries' raw content: (Q, H, W) uint8 pixels
+    #                               (Fashion-MNIST); Openclipart's are `texts`
 
     def thumbnails(self) -> dict[str, bytes] | None:
         """item id -> PNG bytes, for galleries whose pixels are in memory (Fashion-MNIST);
@@ -150,7 +152,7 @@ def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_siz
                    for item_id, lab in zip(gallery.item_ids, labels.tolist(), strict=True)]
         if gallery.label_names else None,
         thumbnail_source=gallery_images if isinstance(gallery_images, np.ndarray) else None,
-        item_labels=labels)
+        query_source=query_images, item_labels=labels)
 
 
 def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size: int,

@@ -10,10 +10,10 @@ from genir.search.beam import constrained_beam_search
 from genir.search.trie import CodeTrie
 
 
-def tiny_decoder(sizes=(4, 3, 5), query_dim=6, seed=0) -> CodeDecoder:
+def tiny_decoder(sizes=(4, 3, 5), query_dim=6, seed=0, query_tokens=0) -> CodeDecoder:
     torch.manual_seed(seed)
     cfg = DecoderConfig(query_dim=query_dim, codebook_sizes=sizes, d_model=16, num_layers=2,
-                        num_heads=2, num_prefix=3, dropout=0.0)
+                        num_heads=2, num_prefix=3, dropout=0.0, query_tokens=query_tokens)
     model = CodeDecoder(cfg).eval()
     # sharpen the random model so scores are far from ties
     with torch.no_grad():
@@ -107,3 +107,55 @@ def test_fast_beam_search_equals_slow_reference(seed, beam):
         got = [tuple(table.unique_ids[leaf].tolist()) for leaf in leaves[q].tolist() if leaf >= 0]
         assert got == ref_ids[q]
         np.testing.assert_allclose(scores[q, :len(got)].numpy(), ref_scores[q], atol=1e-4)
+
+
+# -- token-sequence queries (IRGen patches, AVG word pieces): the same search, a masked memory --
+
+def token_queries(n: int, seed: int) -> torch.Tensor:
+    """(n, 6) = 3 tokens of width 2; odd rows have their last token as padding (zeros)."""
+    q = torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))
+    q[1::2, 4:] = 0
+    return q
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_token_queries_full_beam_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    model = tiny_decoder(seed=seed, query_tokens=3)
+    table = IDTable.from_codes(rng.integers([4, 3, 5], size=(25, 3)))
+    trie = CodeTrie.from_unique_ids(table.unique_ids)
+    queries = token_queries(5, seed)
+    leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=5,
+                                             beam_size=table.num_ids)
+    ref_leaves, ref_scores = brute_force(model, queries, table.unique_ids, table.num_ids)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-4, rtol=1e-4)
+    assert torch.equal(leaves, ref_leaves)
+
+
+def test_token_queries_incremental_decoding_matches_teacher_forcing():
+    model = tiny_decoder(query_tokens=3)
+    queries = token_queries(4, 7)
+    codes = torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2], [2, 2, 3]])
+    logits = model(queries, codes)
+    session = model.session(queries)
+    for level in range(3):
+        torch.testing.assert_close(session.log_probs(level), logits[level].log_softmax(-1),
+                                   atol=1e-5, rtol=1e-5)
+        if level < 2:
+            session.advance(level, codes[:, level:level + 1], torch.zeros(4, 1, dtype=torch.int64))
+
+
+def test_padding_tokens_are_masked_out():
+    """A padded (all-zero) token has no say: moving its position embedding changes nothing
+    for queries that pad it, and changes the others."""
+    model = tiny_decoder(query_tokens=3)
+    queries = token_queries(6, 3)
+    codes = torch.zeros(6, 3, dtype=torch.int64)
+    with torch.no_grad():
+        before = torch.cat(model(queries, codes), 1)
+        model.prefix_pos[2] += 5.0
+        after = torch.cat(model(queries, codes), 1)
+    torch.testing.assert_close(after[1::2], before[1::2])
+    assert not torch.allclose(after[0::2], before[0::2])
+    with pytest.raises(ValueError, match="divide query_dim"):
+        DecoderConfig(query_dim=6, query_tokens=4)

@@ -1,8 +1,14 @@
 """`CodeDecoder`: a small Transformer decoder that generates semantic IDs level by level.
 
 Pre-LN blocks of causal self-attention over the codes generated so far, cross-attention
-over a query memory, and an MLP. The memory here is the GENIUS prefix (eq. 9: an MLP maps
-the query embedding to `num_prefix` vectors of width d_model); every level has its own
+over a query memory, and an MLP. The memory is either the GENIUS prefix (eq. 9: an MLP maps
+the pooled query embedding to `num_prefix` vectors of width d_model; `query_tokens` = 0,
+the default), or a sequence of query tokens (`query_tokens` = P > 0): the query vector is
+then P tokens of width query_dim / P laid end to end, e.g. an image's 4x4 grid of patch
+features (IRGen's image query) or a caption's word-piece states (AVG's text query), each
+projected to d_model with a learned position; all-zero tokens are padding and are masked
+out of the cross-attention. Either way queries stay (B, query_dim) arrays, so training,
+beam search, the trie and the index do not change. Every level has its own
 code embedding table and its own output head over that level's K codes, so logits are
 only ever computed over the current level's vocabulary.
 
@@ -38,12 +44,18 @@ class DecoderConfig:
     mlp_ratio: int = 4                         # MLP hidden = mlp_ratio * d_model
     num_prefix: int = 4                        # prefix embeddings from the query (GENIUS N=30)
     dropout: float = 0.1                       # dropout in training
+    query_tokens: int = 0                      # 0: pooled query -> prefix (GENIUS); P > 0: the
+    #                                            query is P tokens of query_dim / P (IRGen patch,
+    #                                            AVG token-sequence conditioning)
 
     def __post_init__(self) -> None:
         self.codebook_sizes = tuple(int(k) for k in self.codebook_sizes)
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads "
                              f"({self.num_heads})")
+        if self.query_tokens < 0 or (self.query_tokens and self.query_dim % self.query_tokens):
+            raise ValueError(f"query_tokens ({self.query_tokens}) must be 0 or divide query_dim "
+                             f"({self.query_dim})")
         if not self.codebook_sizes or min(self.codebook_sizes) < 1:
             raise ValueError(f"codebook_sizes must be non-empty and positive: {self.codebook_sizes}")
 
@@ -73,12 +85,13 @@ class Attention(nn.Module):
         return self.heads(k), self.heads(v)
 
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-               causal: bool = False) -> torch.Tensor:
-        """x (B, T, d) attends over k, v (B, H, S, d/H)."""
+               causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d) attends over k, v (B, H, S, d/H); mask (B, S) bool, True = attend."""
         b, t, d = x.shape
         drop = self.dropout if self.training else 0.0
+        attn_mask = None if mask is None else mask[:, None, None, :]
         y = F.scaled_dot_product_attention(self.heads(self.q(x)), k, v, is_causal=causal,
-                                           dropout_p=drop)
+                                           dropout_p=drop, attn_mask=attn_mask)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -94,10 +107,11 @@ class Block(nn.Module):
                                  nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model),
                                  nn.Dropout(cfg.dropout))
 
-    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.ln_self(x)
         x = x + self.self_attn.attend(h, *self.self_attn.keys_values(h), causal=True)
-        x = x + self.cross_attn.attend(self.ln_cross(x), *memory_kv)
+        x = x + self.cross_attn.attend(self.ln_cross(x), *memory_kv, mask=mask)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -108,10 +122,13 @@ class CodeDecoder(nn.Module):
         super().__init__()
         self.config = cfg
         d = cfg.d_model
-        # GENIUS eq. (9): P(z_q) = Reshape(MLP(z_q)) in R^{N x d}
-        self.prefix = nn.Sequential(nn.Linear(cfg.query_dim, d), nn.GELU(),
-                                    nn.Linear(d, cfg.num_prefix * d))
-        self.prefix_pos = nn.Parameter(torch.zeros(cfg.num_prefix, d))
+        if cfg.query_tokens:   # a token sequence: one projection per token, learned positions
+            self.prefix = nn.Linear(cfg.query_dim // cfg.query_tokens, d)
+            self.prefix_pos = nn.Parameter(torch.zeros(cfg.query_tokens, d))
+        else:                  # GENIUS eq. (9): P(z_q) = Reshape(MLP(z_q)) in R^{N x d}
+            self.prefix = nn.Sequential(nn.Linear(cfg.query_dim, d), nn.GELU(),
+                                        nn.Linear(d, cfg.num_prefix * d))
+            self.prefix_pos = nn.Parameter(torch.zeros(cfg.num_prefix, d))
         self.prefix_ln = nn.LayerNorm(d)
         self.bos = nn.Parameter(torch.zeros(d))
         self.code_emb = nn.ModuleList(nn.Embedding(k, d) for k in cfg.codebook_sizes[:-1])
@@ -123,14 +140,20 @@ class CodeDecoder(nn.Module):
         for p in (self.prefix_pos, self.bos, self.pos):
             nn.init.normal_(p, std=0.02)
 
-    def memory(self, query: torch.Tensor) -> torch.Tensor:
-        """(B, query_dim) -> (B, num_prefix, d_model)."""
-        if query.ndim != 2 or query.shape[1] != self.config.query_dim:
-            raise ValueError(f"queries must be (B, {self.config.query_dim}), "
-                             f"got {tuple(query.shape)}")
+    def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
+        N = num_prefix for a pooled query, query_tokens for a token sequence."""
+        cfg = self.config
+        if query.ndim != 2 or query.shape[1] != cfg.query_dim:
+            raise ValueError(f"queries must be (B, {cfg.query_dim}), got {tuple(query.shape)}")
         b = query.shape[0]
-        mem = self.prefix(query).view(b, self.config.num_prefix, self.config.d_model)
-        return self.prefix_ln(mem + self.prefix_pos)
+        if not cfg.query_tokens:
+            mem = self.prefix(query).view(b, cfg.num_prefix, cfg.d_model)
+            return self.prefix_ln(mem + self.prefix_pos), None
+        tokens = query.view(b, cfg.query_tokens, -1)
+        mask = (tokens != 0).any(-1)
+        mask[:, 0] = True        # never an empty memory (softmax over nothing is NaN)
+        return self.prefix_ln(self.prefix(tokens) + self.prefix_pos), mask
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, T) codes of levels 0..T-1 -> (B, T + 1, d): BOS then one token per code."""
@@ -141,10 +164,10 @@ class CodeDecoder(nn.Module):
 
     def forward(self, query: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
         """Teacher forcing. query (B, Dq), codes (B, M) -> [ (B, K_l) logits for each level ]."""
-        mem = self.memory(query)
+        mem, mask = self.memory(query)
         x = self.drop(self.embed_codes(codes[:, :-1]))
         for block in self.blocks:
-            x = block(x, block.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
+            x = block(x, block.cross_attn.keys_values(mem), mask)  # type: ignore[union-attr,operator]
         x = self.ln_f(x)
         return [head(x[:, lv]) for lv, head in enumerate(self.heads)]
 
@@ -171,7 +194,7 @@ class DecoderSession:
         self.model = model
         self.blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
         self.num_queries = query.shape[0]
-        mem = model.memory(query)
+        mem, self.memory_mask = model.memory(query)
         # cross-attention K/V once per query: (Q, H, N, hd), shared by the query's beams
         self.memory_kv = [blk.cross_attn.keys_values(mem) for blk in self.blocks]
         self.self_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -192,7 +215,8 @@ class DecoderSession:
             x = x + blk.self_attn.attend(h, k, v)
             # cross-attention: view beams as extra query positions of the same query
             hc = blk.ln_cross(x).view(q, beams, -1)
-            x = x + blk.cross_attn.attend(hc, *self.memory_kv[i]).view(q * beams, 1, -1)
+            x = x + blk.cross_attn.attend(hc, *self.memory_kv[i],
+                                          mask=self.memory_mask).view(q * beams, 1, -1)
             x = x + blk.mlp(blk.ln_mlp(x))
         self.self_kv = new_cache
         return self.model.ln_f(x[:, 0])
