@@ -17,6 +17,7 @@ demo: install
 
 test: install install-browser
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
 	$(PY) -m pytest
 
 # Hermetic tests only (no Debian data, no slow marker): the inner loop while developing.

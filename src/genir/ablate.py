@@ -75,7 +75,7 @@ class Study:
     columns: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
     verdict: str = ""
-    plot: str | None = None
+    plot: bytes | None = None
     seconds: float = 0.0
 
     def table(self) -> str:
@@ -126,7 +126,8 @@ class Data:
         return self._clip
 
 
-def config_for(task: str, scale: Scale, *, tokenizer: str = "rq", **overrides: Any) -> IndexConfig:
+def config_for(task: str, scale: Scale, *, tokenizer: str = "rq", **overrides: Any
+               ) -> IndexConfig:
     """The task's default config at this scale, with dotted overrides ("rq.num_levels": 2)."""
     cfg = tasks.default_config(task)
     cfg.train.steps = scale.fmnist_steps if task == "fashion-mnist" else scale.clip_steps
@@ -202,7 +203,8 @@ def study_length(d: Data, scale: Scale) -> Study:
                "(best 6); AVG Table 5 (R@1): 2 worst, 10 best",
                [f"P@{k}" for k in FMNIST_KS] + [f"R@{k}" for k in FMNIST_KS])
     for t in (2, 4, 6, 8):
-        index, secs = _build(d.fmnist, config_for("fashion-mnist", scale, **{"rq.num_levels": t}))
+        over: dict[str, Any] = {"rq.num_levels": t}
+        index, secs = _build(d.fmnist, config_for("fashion-mnist", scale, **over))
         m, _ = _score(d.fmnist, index)
         st.rows.append({"setting": f"T={t}", "metrics": m, "build_s": secs,
                         "index_stats": index.stats()})
@@ -219,8 +221,8 @@ def study_codebook(d: Data, scale: Scale) -> Study:
     st = Study("codebook", "AVG Table 4 (Flickr30K R@1): 256 60.8 < 1024 62.3 (2048 drops to 61.2)",
                [f"P@{k}" for k in FMNIST_KS] + [f"R@{k}" for k in FMNIST_KS])
     for k in (64, 256, 1024):
-        index, secs = _build(d.fmnist, config_for("fashion-mnist", scale,
-                                                  **{"rq.codebook_size": k}))
+        size: dict[str, Any] = {"rq.codebook_size": k}
+        index, secs = _build(d.fmnist, config_for("fashion-mnist", scale, **size))
         m, _ = _score(d.fmnist, index)
         st.rows.append({"setting": f"K={k}", "metrics": m, "build_s": secs,
                         "index_stats": index.stats()})
@@ -254,7 +256,7 @@ def study_avg(d: Data, scale: Scale) -> Study:
                ["R@1", "R@5", "R@10", "MRR"])
     # beam search inside training costs ~13x a plain step: apply L_dis every 8th step
     dis = {"train.dis_weight": 1.0, "train.dis_every": 8}
-    variants = {
+    variants: dict[str, tuple[str, dict[str, Any]]] = {
         "plain RQ (genir default)": ("rq", {}),
         "AVG full": ("avg", {**dis, "voken_init": True}),
         "w/o alignment": ("avg", {**dis, "voken_init": True, "rq.align_weight": 0.0}),
@@ -301,7 +303,8 @@ def study_fresh(d: Data, scale: Scale) -> Study:
     index, secs = _build(old, cfg)
     index.add(data.item_emb[rest], [data.item_ids[i] for i in rest])
     grown = tasks.TaskData(
-        name=data.name, item_ids=index.item_ids, item_emb=index.item_emb, train_queries=None,
+        name=data.name, item_ids=index.item_ids, item_emb=index.item_emb,
+        train_queries=np.zeros((0, data.item_emb.shape[1]), dtype=np.float32),
         sampler=None, query_emb=data.query_emb,
         relevance={**data.relevance, "item_labels": np.concatenate([labels[half], labels[rest]])},
         num_relevant=data.num_relevant, metric_ks=data.metric_ks, encoder_spec=data.encoder_spec)
@@ -400,7 +403,8 @@ def study_querypath(d: Data, scale: Scale) -> Study:
     quick = scale.fmnist_items is not None
 
     def trial(data: tasks.TaskData, setting: str, queries: np.ndarray, sampler: Any,
-            test: np.ndarray, ks: dict[str, tuple[int, ...]], **overrides: Any) -> dict[str, float]:
+            test: np.ndarray, ks: dict[str, tuple[int, ...]], **overrides: Any
+            ) -> dict[str, dict[str, float]]:
         t0 = time.perf_counter()
         index = GenerativeIndex.build(data.item_emb, item_ids=data.item_ids, queries=queries,
                                       sampler=sampler, config=config_for(data.name, scale,
@@ -443,7 +447,7 @@ def study_querypath(d: Data, scale: Scale) -> Study:
                                   images, patches)
     pooled, tokens = both[:, :tower.dim], both[:, tower.dim:]
     grid = tokens.shape[1] // TOKEN_CHANNELS
-    sampler = SameLabelSampler(labels[sub], labels)
+    sampler: Any = SameLabelSampler(labels[sub], labels)
     ks = {"P": (1, 10, 30), "R": (10,)}
     fm_pool = trial(fm, f"Fashion-MNIST pooled prefix ({PATCH_IMAGE_SIZE} px)", pooled[:len(sub)],
                   sampler, pooled[len(sub):], ks)

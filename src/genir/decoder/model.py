@@ -122,6 +122,7 @@ class CodeDecoder(nn.Module):
         super().__init__()
         self.config = cfg
         d = cfg.d_model
+        self.prefix: nn.Module
         if cfg.query_tokens:   # a token sequence: one projection per token, learned positions
             self.prefix = nn.Linear(cfg.query_dim // cfg.query_tokens, d)
             self.prefix_pos = nn.Parameter(torch.zeros(cfg.query_tokens, d))

@@ -218,6 +218,7 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
         if pil is not None:
             emb = state.encoder.encode_images([pil])
         else:
+            assert caption is not None
             emb = state.encoder.encode_texts([caption])
         meta = {"caption": caption or "", "source": "added"}
         thumbs = {item_id: _png_thumbnail(pil)} if pil is not None else None
