@@ -91,3 +91,46 @@ def test_genius_study_on_fixture_universal_data(monkeypatch):
     assert all(len(r["metrics"]) == len(st.columns) for r in st.rows)
     assert "Mean R@5 over the 6 tasks" in st.verdict and "w/o L_mse" in st.verdict
     assert all(0.0 <= v <= 1.0 for r in st.rows for v in r["metrics"].values())
+
+
+@pytest.mark.slow   # the real towers and a 600-step alignment: about a minute
+def test_querypath_study_on_fixture_data(tmp_path, monkeypatch):
+    """Issue 4's comparison (patch tokens vs pooled prefix, word pieces vs pooled caption)
+    end to end on the fixture data sets with the real towers and a few steps."""
+    import genir.ablate as ablate
+    from fixtures import write_fashion_mnist, write_openclipart
+    from genir.ablate import Data, study_querypath
+    from genir.encoders.cache import EmbeddingCache
+
+    real_config_for = ablate.config_for
+
+    def small(*args, **kwargs):
+        cfg = real_config_for(*args, **kwargs)
+        cfg.decoder.d_model, cfg.decoder.num_heads, cfg.train.batch_size = 32, 2, 32
+        return cfg
+
+    monkeypatch.setattr(ablate, "config_for", small)
+
+    monkeypatch.setenv("GENIR_FASHION_MNIST_DIR", str(write_fashion_mnist(tmp_path / "f")))
+    monkeypatch.setenv("GENIR_OPENCLIPART_DIR", str(write_openclipart(tmp_path / "o")))
+    scale = Scale(fmnist_items=None, fmnist_queries=20, fmnist_steps=20, clip_items=None,
+                  clip_queries=5, clip_steps=20, tokenizer_steps=10)
+    st = study_querypath(Data(scale, EmbeddingCache(tmp_path / "cache"), False), scale)
+    settings = [r["setting"] for r in st.rows]
+    assert len(settings) == 8 and settings[2] == "Fashion-MNIST patch tokens (16 cells, 128 px)"
+    dims = {r["setting"]: r["query_dim"] for r in st.rows}
+    assert dims[settings[0]] == 1280 and dims[settings[2]] == 16 * 128   # pooled vs 4x4 grid
+    assert dims[settings[6]] == 32 * 128                                  # 32 word pieces
+    assert "Fashion-MNIST P@10: patch tokens" in st.verdict and "Openclipart R@10" in st.verdict
+
+
+def test_pr_curve_by_hand():
+    import numpy as np
+
+    from genir.ablate import _plot_pr, _pr_curve
+
+    hits = np.array([[1, 0, 1, 0], [0, 1, 1, 1]], dtype=bool)
+    recall, precision = _pr_curve(hits, np.array([2, 6]))
+    assert recall == pytest.approx([(0.5 + 0) / 2, (0.5 + 1 / 6) / 2, (1 + 2 / 6) / 2, (1 + 3 / 6) / 2])
+    assert precision == pytest.approx([0.5, 0.5, (2 / 3 + 2 / 3) / 2, (0.5 + 0.75) / 2])
+    assert _plot_pr({"a": (recall, precision)}, "t")[:8] == b"\x89PNG\r\n\x1a\n"

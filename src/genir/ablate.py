@@ -76,6 +76,7 @@ class Study:
     rows: list[dict[str, Any]] = field(default_factory=list)
     verdict: str = ""
     plot: bytes | None = None
+    extra_plots: dict[str, bytes] = field(default_factory=dict)   # file stem suffix -> PNG
     seconds: float = 0.0
 
     def table(self) -> str:
@@ -164,6 +165,15 @@ def _score(data: tasks.TaskData, index: GenerativeIndex, *, rerank: bool = False
     return out, hits
 
 
+def _pr_curve(hits: np.ndarray, num_relevant: np.ndarray) -> tuple[list[float], list[float]]:
+    """(recall@K, precision@K) for K = 1..k, averaged over queries; recall is the share of
+    each query's relevant items found (not the any-hit R@K of the tables)."""
+    found = np.cumsum(hits, 1)
+    recall = (found / np.maximum(np.asarray(num_relevant, dtype=np.float64)[:, None], 1)).mean(0)
+    precision = (found / np.arange(1, hits.shape[1] + 1)).mean(0)
+    return recall.tolist(), precision.tolist()
+
+
 def _p_at_k_curve(hits: np.ndarray) -> list[float]:
     return (np.cumsum(hits, 1).mean(0) / np.arange(1, hits.shape[1] + 1)).tolist()
 
@@ -185,16 +195,19 @@ def _order_verdict(study: Study, metric: str, order: Sequence[str], paper: str) 
 def study_identifiers(d: Data, scale: Scale) -> Study:
     st = Study("identifiers", "IRGen Table 3 (In-shop, P@10): random 75.4 < HKM 80.0 < IRGen 89.7",
                [f"P@{k}" for k in FMNIST_KS] + [f"R@{k}" for k in FMNIST_KS])
-    curves = {}
+    curves, pr = {}, {}
     for tok in ("random", "hkmeans", "rq", "irgen"):
         index, secs = _build(d.fmnist, config_for("fashion-mnist", scale, tokenizer=tok))
         m, hits = _score(d.fmnist, index)
         curves[tok] = _p_at_k_curve(hits)
+        pr[tok] = _pr_curve(hits, d.fmnist.num_relevant)
         st.rows.append({"setting": tok, "metrics": m, "build_s": secs,
                         "index_stats": index.stats(), "reseeds": index.extra.get("dead_code_reseeds")})
     st.verdict = _order_verdict(st, "P@10", ["random", "hkmeans", "rq", "irgen"],
                                 "random < HKM < RQ < IRGen tokenizer")
     st.plot = _plot_curves(curves, "K", "precision@K", "Identifier type: precision@K (Fashion-MNIST)")
+    st.extra_plots["pr"] = _plot_pr(pr, "Identifier type: precision-recall over the top "
+                                    f"{CURVE_K} (Fashion-MNIST)")
     return st
 
 
@@ -496,6 +509,12 @@ STUDY_FNS: dict[str, Callable[[Data, Scale], Study]] = {
 
 
 # ------------------------------------------------------------------ plots
+def _plot_pr(curves: dict[str, tuple[list[float], list[float]]], title: str) -> bytes:
+    xs = {name: r for name, (r, _) in curves.items()}
+    ys = {name: p for name, (_, p) in curves.items()}
+    return _plot(xs, ys, "recall (share of the class retrieved)", "precision", title, log_x=False)
+
+
 def _plot_curves(curves: dict[str, list[float]], xlabel: str, ylabel: str, title: str) -> bytes:
     xs = {name: list(range(1, len(c) + 1)) for name, c in curves.items()}
     return _plot(xs, curves, xlabel, ylabel, title, log_x=True)
@@ -506,8 +525,8 @@ def _plot_xy(x: Sequence[int], ys: dict[str, list[float]], xlabel: str, ylabel: 
     return _plot({k: list(x) for k in ys}, ys, xlabel, ylabel, title, log_x=False)
 
 
-def _plot(xs: dict[str, list[int]], ys: dict[str, list[float]], xlabel: str, ylabel: str,
-          title: str, *, log_x: bool) -> bytes:
+def _plot(xs: dict[str, list[int]] | dict[str, list[float]], ys: dict[str, list[float]],
+          xlabel: str, ylabel: str, title: str, *, log_x: bool) -> bytes:
     import io
 
     import matplotlib
@@ -555,7 +574,8 @@ def run(out: Path, *, quick: bool = False, studies: Sequence[str] = STUDIES,
         _write(out, st)
         summary["studies"][name] = _jsonable({"paper": st.paper, "verdict": st.verdict,
                                               "seconds": st.seconds, "rows": st.rows,
-                                              "table": st.table(), "plot": bool(st.plot)})
+                                              "table": st.table(), "plot": bool(st.plot),
+                                              "extra_plots": sorted(st.extra_plots)})
         _write_summary(out, summary, quick, scale)
         log(st.table() + "\n\n" + st.verdict + f"\n({st.seconds:.0f} s)\n")
     log(f"wrote {out}/README.md, ablations.json and plots; this run "
@@ -588,6 +608,8 @@ def _write_summary(out: Path, summary: dict[str, Any], quick: bool, scale: Scale
                   "", f"({v['seconds']:.0f} s)", ""]
         if v.get("plot"):
             lines += [f"![{name}]({name}.png)", ""]
+        for extra in v.get("extra_plots", []):
+            lines += [f"![{name} {extra}]({name}-{extra}.png)", ""]
     atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())
 
 
@@ -595,6 +617,8 @@ def _write(out: Path, st: Study) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if st.plot:
         atomic_write_bytes(out / f"{st.name}.png", st.plot)
+    for extra, png in st.extra_plots.items():
+        atomic_write_bytes(out / f"{st.name}-{extra}.png", png)
     atomic_write_json(out / f"{st.name}.json", _jsonable(
         {"paper": st.paper, "verdict": st.verdict, "seconds": st.seconds, "rows": st.rows}))
 
