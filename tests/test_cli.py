@@ -178,6 +178,17 @@ def test_build_universal_then_eval_the_saved_index(universal_dir, data_dirs, tmp
     result, text = invoke("eval", "--task", "all", "--index", str(tmp_path / "u"), *common)
     assert result.exit_code == 0, text
     assert "| image_to_image | task (" in text and "| text_to_text | global (" in text
+    # search it: a universal index needs an instruction that fits the query
+    ins = "retrieve an image that matches the caption"
+    result, text = invoke("search", str(tmp_path / "u"), "--text", "red square", "-k", "3",
+                          "--instruction", ins, "--json")
+    assert result.exit_code == 0, text
+    assert len(json.loads(result.stdout)) == 3
+    result, text = invoke("search", str(tmp_path / "u"), "--text", "red square")
+    assert result.exit_code == 2 and "needs an instruction" in text
+    result, text = invoke("search", str(tmp_path / "u"), "--text", "red square",
+                          "--instruction", "retrieve the caption of this image")
+    assert result.exit_code == 2 and "expects a image query" in text
     # a bundled-task index is refused for universal evaluation
     result, text = invoke("build", "fashion-mnist", "--out", str(tmp_path / "f"), "--steps", "5",
                           "--limit", "60", "--no-progress")

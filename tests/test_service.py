@@ -242,3 +242,43 @@ def test_cli_serve_refuses_missing_and_locked_indexes(folder, tmp_path, monkeypa
     r = runner.invoke(app, ["serve", str(folder), "--port", "8123", "--read-only"])
     assert r.exit_code == 0, r.output
     assert served == {"host": "127.0.0.1", "port": 8123, "title": "genir"}
+
+
+# ---------------------------------------------------------------- a universal index
+@pytest.fixture(scope="module")
+def universal_built(tmp_path_factory):
+    from service_fixtures import make_universal_service_index
+
+    return make_universal_service_index(tmp_path_factory.mktemp("usvc") / "idx")
+
+
+def test_universal_index_follows_the_instruction(universal_built, tmp_path):
+    folder = tmp_path / "u"
+    shutil.copytree(universal_built, folder)
+    with TestClient(create_app(folder), raise_server_exceptions=False) as c:
+        stats = c.get("/stats").json()
+        assert stats["item_modality"] == "mixed" and len(stats["instructions"]) == 6
+        # no instruction: refused, with the ones that fit a text query
+        assert_error(c.post("/search", data={"text": "stripes pattern"}), 422,
+                     "needs an instruction", "retrieve an image that matches the caption")
+        wanted = {"retrieve an image that matches the caption": "image",
+                  "retrieve a text that answers the query": "text",
+                  "retrieve an image and its caption that match the text": "pair"}
+        for ins, prefix in wanted.items():
+            r = c.post("/search", data={"text": "checks pattern", "instruction": ins, "k": "5"})
+            assert r.status_code == 200, r.text
+            got = [hit["id"] for hit in r.json()["results"]]
+            assert got and all(i.startswith(prefix + "-") for i in got), (ins, got)
+        r = c.post("/search", files=image_file(2),
+                   data={"instruction": "retrieve the caption of this image", "k": "3"})
+        assert r.status_code == 200 and r.json()["results"][0]["id"].startswith("text-")
+        assert_error(c.post("/search", files=image_file(),
+                            data={"instruction": "retrieve the caption of this image",
+                                  "text": "x"}), 422, "expects a image query")
+        # an added item's first code is the modality it was given
+        r = c.post("/items", files=image_file(1, 99), data={"caption": "columns pattern",
+                                                            "id": "new-pair"})
+        assert r.status_code == 201 and r.json()["codes"][0] == 2
+        r = c.post("/items", data={"caption": "columns pattern", "id": "new-text"})
+        assert r.status_code == 201 and r.json()["codes"][0] == 1
+    assert GenerativeIndex.load(folder).item_meta[-1]["modality"] == "text"

@@ -154,8 +154,12 @@ def search(index_dir: Annotated[Path, typer.Argument(help="a folder written by g
            k: Annotated[int, typer.Option("-k", min=1, max=MAX_K, help="results")] = 10,
            rerank: Annotated[bool, typer.Option(help="rerank by embedding similarity")] = False,
            beam_size: Annotated[int | None, typer.Option(min=1, help="beam width")] = None,
+           instruction: Annotated[str | None, typer.Option(
+               help="what to retrieve, e.g. 'retrieve the caption of this image' (needed by a "
+                    "universal index)")] = None,
            as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """Search a saved index with a text or an image."""
+    """Search a saved index with a text or an image (and, for a universal index, an
+    instruction)."""
     from genir.encoders.base import ImageLoadError
     from genir.index import GenerativeIndex
     from genir.query import QueryEncoder
@@ -170,9 +174,17 @@ def search(index_dir: Annotated[Path, typer.Argument(help="a folder written by g
         index = GenerativeIndex.load(index_dir)
         encoder = QueryEncoder.for_index(index_dir, index)
         q = encoder.encode_texts([text]) if text is not None else encoder.encode_images([image])
+        if instruction is not None:
+            from genir.instructions import parse_instruction
+
+            ins = parse_instruction(instruction)
+            if ins.query_modality != ("text" if text is not None else "image"):
+                _fail(f"instruction {ins.text!r} expects a {ins.query_modality} query")
+            instruction = ins.text
+        decoder_q = encoder.decoder_input(q, instruction)
     except (FileNotFoundError, ValueError, ImageLoadError, TypeError) as exc:
         _fail(str(exc))
-    scores, rows = index.search(q, k, rerank=rerank, beam_size=beam_size)
+    scores, rows = index.search(decoder_q, k, rerank=rerank, beam_size=beam_size, query_emb=q)
     hits = [{"rank": r + 1, "item_id": index.item_ids[i], "row": int(i), "score": float(s)}
             for r, (s, i) in enumerate(zip(scores[0], rows[0], strict=True)) if i >= 0]
     if as_json:

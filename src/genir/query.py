@@ -57,3 +57,20 @@ class QueryEncoder:
 
     def encode_images(self, images: Sequence[ImageLike]) -> np.ndarray:
         return self.encoder.encode_images(list(images))
+
+    @property
+    def needs_instruction(self) -> bool:
+        """A universal index: the decoder reads [content ; instruction] (genir.universal)."""
+        return self.spec.get("instructions") == "concatenated"
+
+    def decoder_input(self, query_emb: np.ndarray, instruction: str | None) -> np.ndarray:
+        """(Q, D) content embeddings -> what the index's decoder reads: the content itself, or
+        for a universal index the content followed by the instruction's text embedding."""
+        if not self.needs_instruction:
+            return query_emb
+        if not instruction:
+            raise ValueError("this universal index needs an instruction naming what to retrieve "
+                             "(genir.instructions)")
+        from genir.universal import decoder_input
+
+        return decoder_input(query_emb, self.encode_texts([instruction])[0])

@@ -63,7 +63,10 @@ class ServiceState:
         except BaseException:
             self.index.close()
             raise
-        self.item_modality = self.index.extra.get("item_modality", "image")
+        # a universal index holds every modality; its queries must say which one they want
+        self.universal = self.encoder.needs_instruction
+        self.item_modality = "mixed" if self.universal else self.index.extra.get("item_modality",
+                                                                                  "image")
         self.lock = threading.Lock()
         self.latencies_ms: deque[float] = deque(maxlen=10_000)
         self.queries_served = 0
@@ -125,7 +128,7 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
             "item_modality": state.item_modality,
             "query_modalities": list(state.encoder.modalities),
             "instructions": [i.text for i in INSTRUCTIONS
-                             if i.target_modality == state.item_modality],
+                             if state.universal or i.target_modality == state.item_modality],
             "max_k": MAX_K, "writable": state.index.store is not None,
             "task": state.index.extra.get("task"),
             "uptime_s": time.time() - state.started,
@@ -162,8 +165,9 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
             parts.append(state.encoder.encode_texts([text])[0])
         q = np.mean(parts, axis=0, keepdims=True).astype(np.float32)
         q /= max(float(np.linalg.norm(q)), 1e-12)
+        decoder_q = state.encoder.decoder_input(q, ins.text if ins else None)
         with state.lock:
-            scores, rows = state.index.search(q, k, rerank=rerank)
+            scores, rows = state.index.search(decoder_q, k, rerank=rerank, query_emb=q)
             results = [_item_json(state.index, int(r), rank=n + 1, score=float(s))
                        for n, (s, r) in enumerate(zip(scores[0], rows[0], strict=True)) if r >= 0]
             took = (time.perf_counter() - t0) * 1000
@@ -210,17 +214,26 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
         caption = _check_text(caption, "caption") if caption is not None else None
         item_id = _check_id(item_id) if item_id is not None else uuid.uuid4().hex
         pil = _read_image(image) if _has_file(image) else None
-        if state.item_modality in ("image", "image_text") and pil is None:
+        if state.universal:   # the item's modality is what it was given
+            if pil is None and caption is None:
+                raise HTTPException(422, "give the item's image, caption, or both")
+            modality = "image_text" if pil is not None and caption is not None else (
+                "image" if pil is not None else "text")
+        elif state.item_modality in ("image", "image_text") and pil is None:
             raise HTTPException(422, f"this index holds {state.item_modality} items: "
                                      "upload the item's image")
         if state.item_modality == "text" and caption is None:
             raise HTTPException(422, "this index holds text items: give the item's caption")
+        parts = []
         if pil is not None:
-            emb = state.encoder.encode_images([pil])
-        else:
-            assert caption is not None
-            emb = state.encoder.encode_texts([caption])
+            parts.append(state.encoder.encode_images([pil]))
+        if caption is not None and (pil is None or state.universal):
+            parts.append(state.encoder.encode_texts([caption]))
+        emb = np.sum(parts, axis=0).astype(np.float32)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         meta = {"caption": caption or "", "source": "added"}
+        if state.universal:
+            meta["modality"] = modality
         thumbs = {item_id: _png_thumbnail(pil)} if pil is not None else None
         with state.lock:
             if item_id in state.index:
@@ -266,12 +279,16 @@ def _check_id(item_id: str) -> str:
 def _check_instruction(instruction: str | None, modality: str,
                        state: ServiceState) -> Instruction | None:
     if instruction is None or not instruction.strip():
+        if state.universal:
+            raise HTTPException(422, "this universal index needs an instruction naming what to "
+                                     "retrieve: " + "; ".join(f'"{i.text}"' for i in INSTRUCTIONS
+                                                               if i.query_modality == modality))
         return None
     try:
         ins = parse_instruction(instruction)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    if ins.target_modality != state.item_modality:
+    if not state.universal and ins.target_modality != state.item_modality:
         raise HTTPException(422, f"instruction {ins.text!r} asks for {ins.target_modality} "
                                  f"items; this index holds {state.item_modality} items")
     if ins.query_modality != modality:

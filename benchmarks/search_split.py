@@ -1,0 +1,142 @@
+"""Where a query's time goes: the decoder's work versus the search loop around it.
+
+    .venv/bin/python benchmarks/search_split.py --sizes 10000 1000000
+
+For each corpus size, beam and batch, `GenerativeIndex.search` runs with its decoder session
+wrapped in a timer, so each batch's wall time splits into
+  model   the decoder: the query memory and its cross-attention keys/values, then per level
+          the next-code log-probabilities and the cache update for the chosen beams
+  loop    everything else in constrained_beam_search: trie children, gathers, top-k, masks
+  expand  after the beam search: leaves -> items (collisions), the final sort (and rerank)
+Synthetic codes and a random default decoder, as in search_speed.py (same seeds). Issue 6's
+target: loop + expand <= 10% of the query time. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genir.decoder.model import CodeDecoder, DecoderConfig
+from genir.ids.rq import ResidualQuantizer, RQConfig
+from genir.index import GenerativeIndex, IndexConfig
+from genir.search import beam as beam_mod
+
+
+class TimedSession:
+    """Wraps a DecoderSession; adds the seconds spent inside it to `clock['model']`."""
+
+    def __init__(self, inner, clock: dict[str, float]) -> None:
+        self.inner, self.clock = inner, clock
+
+    def log_probs(self, level: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.inner.log_probs(level)
+        self.clock["model"] += time.perf_counter() - t0
+        return out
+
+    def advance(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        self.inner.advance(level, codes, parent)
+        self.clock["model"] += time.perf_counter() - t0
+
+
+def split_search(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: int, batch: int,
+                 rerank: bool) -> dict[str, float]:
+    clock = {"memory": 0.0, "model": 0.0, "beam": 0.0}
+    decoder = index.decoder
+    real_session = type(decoder).session
+    real_search = beam_mod.constrained_beam_search
+
+    def session(self, query):  # memory + K/V of the query: model work
+        t0 = time.perf_counter()
+        s = real_session(self, query)
+        clock["memory"] += time.perf_counter() - t0
+        return TimedSession(s, clock)
+
+    def timed_search(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = real_search(*args, **kwargs)
+        clock["beam"] += time.perf_counter() - t0
+        return out
+
+    import genir.index as index_mod
+
+    type(decoder).session = session            # type: ignore[method-assign]
+    index_mod.constrained_beam_search = timed_search
+    try:
+        index.search(queries[:batch], k, beam_size=beam, rerank=rerank)   # warm-up
+        clock.update(memory=0.0, model=0.0, beam=0.0)
+        t0 = time.perf_counter()
+        n = 0
+        for start in range(0, len(queries) - batch + 1, batch):
+            index.search(queries[start:start + batch], k, beam_size=beam, rerank=rerank)
+            n += batch
+        total = time.perf_counter() - t0
+    finally:
+        type(decoder).session = real_session   # type: ignore[method-assign]
+        index_mod.constrained_beam_search = real_search
+    # search() builds the session (memory, K/V) before it enters the beam search; the
+    # session's per-level calls happen inside it
+    model = clock["memory"] + clock["model"]
+    loop = clock["beam"] - clock["model"]
+    expand = total - clock["beam"] - clock["memory"]
+    return {"qps": n / total, "total_ms_per_query": 1e3 * total / n,
+            "model_share": model / total, "loop_share": loop / total,
+            "expand_share": expand / total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
+    ap.add_argument("--beams", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--batches", type=int, nargs="+", default=[32])
+    ap.add_argument("--num-queries", type=int, default=256)
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--levels", type=int, default=4)
+    ap.add_argument("--codebook-size", type=int, default=256)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/search_split.json"))
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels)
+    decoder = CodeDecoder(cfg).eval()
+    queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder d={cfg.d_model} "
+          f"L={cfg.num_layers} P={cfg.num_prefix}, ID {args.levels} x {args.codebook_size}, "
+          f"{args.num_queries} queries")
+    print(f"{'N':>9} {'beam':>4} {'batch':>5} {'rerank':>6} {'q/s':>8} {'ms/q':>7} "
+          f"{'model':>6} {'loop':>6} {'expand':>6}")
+    rows = []
+    for n in args.sizes:
+        emb = rng.normal(size=(n, args.dim)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        codes = rng.integers(args.codebook_size, size=(n, args.levels))
+        tok = ResidualQuantizer(RQConfig(num_levels=args.levels, codebook_size=args.codebook_size))
+        index = GenerativeIndex(tokenizer=tok, decoder=decoder, item_emb=emb, codes=codes,
+                                item_ids=[str(i) for i in range(n)], config=IndexConfig())
+        for beam in args.beams:
+            for batch in args.batches:
+                for rerank in (False, True):
+                    r = split_search(index, queries, k=args.k, beam=beam, batch=batch,
+                                     rerank=rerank)
+                    rows.append({"N": n, "beam": beam, "batch": batch, "rerank": rerank, **r})
+                    print(f"{n:>9,} {beam:>4} {batch:>5} {str(rerank):>6} {r['qps']:8.1f} "
+                          f"{r['total_ms_per_query']:7.3f} {100 * r['model_share']:5.1f}% "
+                          f"{100 * r['loop_share']:5.1f}% {100 * r['expand_share']:5.1f}%")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                    "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
