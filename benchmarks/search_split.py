@@ -9,7 +9,10 @@ wrapped in a timer, so each batch's wall time splits into
   loop    everything else in constrained_beam_search: trie children, gathers, top-k, masks
   expand  after the beam search: leaves -> items (collisions), the final sort (and rerank)
 Synthetic codes and a random default decoder, as in search_speed.py (same seeds). Issue 6's
-target: loop + expand <= 10% of the query time. Prints a table and writes JSON.
+targets: loop + expand <= 10% of the query time; the decoder's FLOPs per query (its config,
+beam and ID length) at the measured rate >= 70% of the matmul peak measured in the same run
+("peak" column); queries/s at the largest N >= 0.9x the smallest, timed in alternation.
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from search_speed import decoder_flops_per_query, matmul_gflops  # same folder
 
 from genir.decoder.model import CodeDecoder, DecoderConfig
 from genir.ids.rq import ResidualQuantizer, RQConfig
@@ -121,11 +125,12 @@ def main() -> None:
     decoder = CodeDecoder(cfg).eval()
     queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    gflops = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder d={cfg.d_model} "
           f"L={cfg.num_layers} P={cfg.num_prefix}, ID {args.levels} x {args.codebook_size}, "
-          f"{args.num_queries} queries")
+          f"{args.num_queries} queries; matmul {gflops:.0f} GFLOP/s (1024^3, this run)")
     print(f"{'N':>9} {'beam':>4} {'batch':>5} {'rerank':>6} {'q/s':>8} {'ms/q':>7} "
-          f"{'model':>6} {'loop':>6} {'expand':>6}")
+          f"{'model':>6} {'loop':>6} {'expand':>6} {'peak':>6}")
     rows = []
     indexes = {}
     for n in args.sizes:
@@ -141,10 +146,14 @@ def main() -> None:
                 for rerank in (False, True):
                     r = split_search(index, queries, k=args.k, beam=beam, batch=batch,
                                      rerank=rerank, repeats=args.repeats)
+                    # the decoder's FLOPs at this rate, against the matmul peak of this run
+                    r["fraction_of_matmul_peak"] = (decoder_flops_per_query(cfg, beam) * r["qps"]
+                                                    / (gflops * 1e9))
                     rows.append({"N": n, "beam": beam, "batch": batch, "rerank": rerank, **r})
                     print(f"{n:>9,} {beam:>4} {batch:>5} {str(rerank):>6} {r['qps']:8.1f} "
                           f"{r['total_ms_per_query']:7.3f} {100 * r['model_share']:5.1f}% "
-                          f"{100 * r['loop_share']:5.1f}% {100 * r['expand_share']:5.1f}%")
+                          f"{100 * r['loop_share']:5.1f}% {100 * r['expand_share']:5.1f}% "
+                          f"{100 * r['fraction_of_matmul_peak']:5.1f}%")
     # qps(largest N) / qps(smallest N), measured in alternation so that both sides of each
     # ratio see the same machine state; the median over rounds
     ratios = []
@@ -166,7 +175,8 @@ def main() -> None:
                   f"max {max(got):.2f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                    "rows": rows, "ratios": ratios}, indent=1))
+                                    "matmul_gflops": gflops, "rows": rows, "ratios": ratios},
+                                   indent=1))
     print(f"wrote {args.out}")
 
 
