@@ -73,4 +73,7 @@ class QueryEncoder:
                              "(genir.instructions)")
         from genir.universal import decoder_input
 
-        return decoder_input(query_emb, self.encode_texts([instruction])[0])
+        cache = self.__dict__.setdefault("_instruction_emb", {})   # a handful of instructions
+        if instruction not in cache:
+            cache[instruction] = self.encode_texts([instruction])[0]
+        return decoder_input(query_emb, cache[instruction])
