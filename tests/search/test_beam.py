@@ -159,3 +159,28 @@ def test_padding_tokens_are_masked_out():
     assert not torch.allclose(after[0::2], before[0::2])
     with pytest.raises(ValueError, match="divide query_dim"):
         DecoderConfig(query_dim=6, query_tokens=4)
+
+
+def test_dense_levels_take_the_fast_path_and_agree_with_brute_force():
+    """Every (a, b) prefix present: levels 0 and 1 are complete (child = parent * K + code);
+    results equal exhaustive scoring and the general path's."""
+    rng = np.random.default_rng(3)
+    grid = np.array([(a, b, c) for a in range(4) for b in range(3) for c in rng.choice(5, 2,
+                                                                                     replace=False)])
+    table = IDTable.from_codes(grid)
+    trie = CodeTrie.from_unique_ids(table.unique_ids)
+    assert trie.complete == [True, True, False]
+    model = tiny_decoder(seed=3)
+    queries = torch.randn(6, 6, generator=torch.Generator().manual_seed(3))
+    for beam in (3, 7, table.num_ids):
+        leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=6,
+                                                 beam_size=beam)
+        general = CodeTrie(trie.node_code, trie.child_start, trie.max_children,
+                           complete=[False] * 3)
+        ref_leaves, ref_scores = constrained_beam_search(model.session(queries), general,
+                                                         num_queries=6, beam_size=beam)
+        assert torch.equal(leaves, ref_leaves)
+        torch.testing.assert_close(scores, ref_scores)
+    exact_leaves, exact_scores = brute_force(model, queries, table.unique_ids, table.num_ids)
+    assert torch.equal(leaves, exact_leaves)
+    torch.testing.assert_close(scores, exact_scores, atol=1e-4, rtol=1e-4)

@@ -36,9 +36,22 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
     q = num_queries
     node = torch.zeros(q, 1, dtype=torch.int64)  # the root (ignored at level 0)
     score = torch.zeros(q, 1)
+    assert trie.complete is not None
     for level in range(trie.num_levels):
         width = node.shape[1]
         logp = session.log_probs(level).float().view(q, width, -1)  # (Q, B, K)
+        if trie.complete[level] and logp.shape[2] == trie.max_children[level]:
+            # a dense level: every code is a valid child, child id = parent * K + code, so
+            # no child table, gathers or mask (same result as the general path below)
+            k = logp.shape[2]
+            top = (score[..., None] + logp).view(q, -1).topk(min(beam_size, width * k), dim=1)
+            parent = top.indices // k
+            chosen = top.indices % k
+            node = (node.gather(1, parent) * k if level else torch.zeros_like(parent)) + chosen
+            score = top.values
+            if level + 1 < trie.num_levels:
+                session.advance(level, chosen, parent)
+            continue
         child, valid = trie.children(level, node)                   # (Q, B, C)
         codes = trie.node_code[level][child]                        # (Q, B, C)
         cand = score[..., None] + logp.gather(2, codes)

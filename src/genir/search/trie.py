@@ -20,6 +20,17 @@ class CodeTrie:
     node_code: list[torch.Tensor]    # per level l: (num_nodes_l,) last code of each prefix
     child_start: list[torch.Tensor]  # per level l < M-1: (num_nodes_l + 1,) CSR offsets
     max_children: list[int]          # per level l: most children of one level-(l-1) node
+    # per level l: every level-(l-1) node has all codes 0..max_children[l]-1 as children, so
+    # node j's children are j * K + code (a dense level: 1M random IDs fill levels 0 and 1)
+    complete: list[bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.complete is None:
+            self.complete = []
+            for level, codes in enumerate(self.node_code):
+                k = self.max_children[level]
+                parents = 1 if level == 0 else len(self.child_start[level - 1]) - 1
+                self.complete.append(len(codes) == parents * k and int(codes.max()) < k)
 
     @classmethod
     def from_unique_ids(cls, unique_ids: np.ndarray) -> CodeTrie:
