@@ -64,6 +64,18 @@ def decoder_flops_per_query(cfg: DecoderConfig, beam: int) -> float:
     return 2.0 * (memory + steps)
 
 
+def synthetic_index(n: int, *, dim: int, levels: int, codebook_size: int, decoder: CodeDecoder,
+                    rng: np.random.Generator) -> GenerativeIndex:
+    """N random unit embeddings and random codes (levels x codebook_size) behind `decoder`;
+    draws the embeddings, then the codes, from `rng` (search_split.py uses it too)."""
+    emb = rng.normal(size=(n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    codes = rng.integers(codebook_size, size=(n, levels))
+    tok = ResidualQuantizer(RQConfig(num_levels=levels, codebook_size=codebook_size))
+    return GenerativeIndex(tokenizer=tok, decoder=decoder, item_emb=emb, codes=codes,
+                           item_ids=[str(i) for i in range(n)], config=IndexConfig())
+
+
 def faiss_indexes(emb: np.ndarray, hnsw_max: int):
     import faiss
 
@@ -117,16 +129,13 @@ def main() -> None:
           f"matmul {gflops:.0f} GFLOP/s, decoder d={cfg.d_model} L={cfg.num_layers} "
           f"P={cfg.num_prefix}, ID {args.levels} x {args.codebook_size}")
     for n in args.sizes:
-        emb = rng.normal(size=(n, args.dim)).astype(np.float32)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        codes = rng.integers(args.codebook_size, size=(n, args.levels))
-        t0 = time.perf_counter()
-        table = IDTable.from_codes(codes)
+        index = synthetic_index(n, dim=args.dim, levels=args.levels,
+                                codebook_size=args.codebook_size, decoder=decoder, rng=rng)
+        emb = index.item_emb
+        t0 = time.perf_counter()   # what the index built: its ID table and trie, timed alone
+        table = IDTable.from_codes(index.codes)
         trie = CodeTrie.from_unique_ids(table.unique_ids)
         build_s = time.perf_counter() - t0
-        tok = ResidualQuantizer(RQConfig(num_levels=args.levels, codebook_size=args.codebook_size))
-        index = GenerativeIndex(tokenizer=tok, decoder=decoder, item_emb=emb, codes=codes,
-                                item_ids=[str(i) for i in range(n)], config=IndexConfig())
         trie_mb = trie.nbytes() / 2**20
         table_mb = (table.items.nbytes + table.offsets.nbytes + table.unique_ids.nbytes) / 2**20
         print(f"\nN={n:,}: table+trie built in {build_s:.2f} s; trie {trie_mb:.1f} MB, "

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from search_speed import decoder_flops_per_query, matmul_gflops  # same folder
+from search_speed import decoder_flops_per_query, matmul_gflops, synthetic_index  # same folder
 
 from genir.decoder.model import CodeDecoder, DecoderConfig
-from genir.ids.rq import ResidualQuantizer, RQConfig
-from genir.index import GenerativeIndex, IndexConfig
+from genir.index import GenerativeIndex
 from genir.search import beam as beam_mod
 
 
@@ -134,12 +133,8 @@ def main() -> None:
     rows = []
     indexes = {}
     for n in args.sizes:
-        emb = rng.normal(size=(n, args.dim)).astype(np.float32)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        codes = rng.integers(args.codebook_size, size=(n, args.levels))
-        tok = ResidualQuantizer(RQConfig(num_levels=args.levels, codebook_size=args.codebook_size))
-        index = GenerativeIndex(tokenizer=tok, decoder=decoder, item_emb=emb, codes=codes,
-                                item_ids=[str(i) for i in range(n)], config=IndexConfig())
+        index = synthetic_index(n, dim=args.dim, levels=args.levels,
+                                codebook_size=args.codebook_size, decoder=decoder, rng=rng)
         indexes[n] = index
         for beam in args.beams:
             for batch in args.batches:

@@ -122,14 +122,26 @@ def test_add_reads_the_modality_and_round_trips(universal_index, tmp_path):
 
 
 def test_subset_confines_search_to_its_rows(universal_index):
+    """A subset without text items, asked for text: its search must still return its own
+    best IDs, exactly those that exhaustive scoring of the subset's IDs ranks first."""
+    import torch
+
     index, emb, modality, _, instruction = universal_index
     rows = np.flatnonzero(modality != 1)[::2]
     sub = index.subset(rows)
     assert len(sub) == len(rows) and sub.item_ids == [index.item_ids[r] for r in rows]
-    _, got = sub.search(decoder_input(emb, instruction[0]), 10, beam_size=10)
-    assert (got < len(rows)).all() and (got >= 0).all()
-    # the same scores as the full index restricted by hand: each returned ID is in the subset
-    assert set(map(tuple, sub.codes[got.ravel()])) <= set(map(tuple, index.codes[rows]))
+    q = decoder_input(emb[:8], instruction[1])        # wants text; the subset has none
+    full_rows = index.search(q, 1)[1]
+    assert (modality[full_rows[:, 0]] == 1).all()      # the whole index answers with text
+    ids = sub.table.unique_ids
+    scores, got = sub.search(q, len(ids), beam_size=len(ids))   # exact: every ID in the beam
+    assert (got >= 0).all() and (got < len(rows)).all()
+    with torch.no_grad():
+        ref = torch.stack([index.decoder.sequence_log_prob(
+            torch.from_numpy(qi).expand(len(ids), -1), torch.from_numpy(ids)) for qi in q])
+    best = ref.max(1).values.numpy()
+    np.testing.assert_allclose(scores[:, 0], best, atol=1e-4)
+    assert (sub.codes[got[:, 0]] == ids[ref.argmax(1).numpy()]).all()
     with pytest.raises(ValueError, match="distinct rows"):
         index.subset(np.array([0, 0]))
 

@@ -136,12 +136,20 @@ def config_for(task: str, scale: Scale, *, tokenizer: str = "rq", **overrides: A
     cfg.check()
     if hasattr(cfg.rq, "steps"):
         cfg.rq.steps = scale.tokenizer_steps   # type: ignore[attr-defined]
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: IndexConfig, overrides: dict[str, Any]) -> IndexConfig:
+    """Set dotted fields ("rq.num_levels": 2, "tokenizer": "rq") in place; a tokenizer change
+    gives `rq` that tokenizer's config class (IndexConfig.check). -> cfg"""
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")
         part = getattr(cfg, section) if section else cfg
         if not hasattr(part, name):
             raise ValueError(f"config {section or 'index'} has no field {name!r}")
         setattr(part, name, value)
+        if key == "tokenizer":
+            cfg.check()
     return cfg
 
 
@@ -152,9 +160,12 @@ def _build(data: tasks.TaskData, cfg: IndexConfig) -> tuple[GenerativeIndex, flo
 
 
 def _score(data: tasks.TaskData, index: GenerativeIndex, *, rerank: bool = False,
-           beam_size: int | None = None, k: int = CURVE_K) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics of one search run and its (Q, k) hit matrix."""
-    _, rows = index.search(data.query_emb, k, rerank=rerank, beam_size=beam_size)
+           beam_size: int | None = None, k: int = CURVE_K, queries: np.ndarray | None = None
+           ) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of one search run and its (Q, k) hit matrix. `queries`: the decoder's input
+    when it is not the query embedding itself (token queries); rerank uses the embedding."""
+    _, rows = index.search(data.query_emb if queries is None else queries, k, rerank=rerank,
+                           beam_size=beam_size, query_emb=data.query_emb)
     hits = metrics.hit_matrix(rows, **data.relevance)
     if data.name == "fashion-mnist":
         out = {f"P@{j}": metrics.precision_at(hits, j) for j in FMNIST_KS}
@@ -360,11 +371,14 @@ def study_genius(d: Data, scale: Scale) -> Study:
 
     def config(**overrides: Any) -> IndexConfig:
         cfg = default_config(quick=scale.fmnist_items is not None)
-        cfg.train.query_aug = "sample"
-        for key, value in overrides.items():
-            section, _, name = key.rpartition(".")
-            setattr(getattr(cfg, section) if section else cfg, name, value)
-        return cfg.check()
+        return apply_overrides(cfg, {"train.query_aug": "sample", **overrides})
+
+    def summary(result: dict[str, Any], method: str) -> dict[str, float]:
+        rows = {n: result[n]["pools"]["global"]["methods"][method] for n in names}
+        m = {f"R@5 {n}": rows[n]["R@5"] for n in names}
+        m["mean R@5"] = float(np.mean([rows[n]["R@5"] for n in names]))
+        m["modality@1"] = float(np.mean([rows[n]["modality@1"] for n in names]))
+        return m
 
     settings = {
         "full": config(),
@@ -379,19 +393,12 @@ def study_genius(d: Data, scale: Scale) -> Study:
         secs = time.perf_counter() - t0
         result = evaluate_universal(d.universal, index)
         for rerank in ((False, True) if setting == "full" else (False,)):
-            method = "genir+rerank" if rerank else "genir"
-            rows = {n: result[n]["pools"]["global"]["methods"][method] for n in names}
-            m = {f"R@5 {n}": rows[n]["R@5"] for n in names}
-            m["mean R@5"] = float(np.mean([rows[n]["R@5"] for n in names]))
-            m["modality@1"] = float(np.mean([rows[n]["modality@1"] for n in names]))
-            st.rows.append({"setting": setting + (" + rerank" if rerank else ""), "metrics": m,
+            st.rows.append({"setting": setting + (" + rerank" if rerank else ""),
+                            "metrics": summary(result, "genir+rerank" if rerank else "genir"),
                             "build_s": secs, "index_stats": index.stats()})
         if setting == "full":   # the flat baseline on the same embeddings, for scale
-            rows = {n: result[n]["pools"]["global"]["methods"]["flat knn"] for n in names}
-            m = {f"R@5 {n}": rows[n]["R@5"] for n in names}
-            m["mean R@5"] = float(np.mean([rows[n]["R@5"] for n in names]))
-            m["modality@1"] = float(np.mean([rows[n]["modality@1"] for n in names]))
-            st.rows.append({"setting": "flat knn (no instruction)", "metrics": m, "build_s": 0.0})
+            st.rows.append({"setting": "flat knn (no instruction)",
+                            "metrics": summary(result, "flat knn"), "build_s": 0.0})
     value = {r["setting"]: r["metrics"]["mean R@5"] for r in st.rows}
     mod = {r["setting"]: r["metrics"]["modality@1"] for r in st.rows}
     parts = [f"{k} {value['full'] - value[k]:+.3f}" for k in settings if k != "full"]
@@ -416,8 +423,7 @@ def study_querypath(d: Data, scale: Scale) -> Study:
     quick = scale.fmnist_items is not None
 
     def trial(data: tasks.TaskData, setting: str, queries: np.ndarray, sampler: Any,
-            test: np.ndarray, ks: dict[str, tuple[int, ...]], **overrides: Any
-            ) -> dict[str, dict[str, float]]:
+            test: np.ndarray, k: int, **overrides: Any) -> dict[str, dict[str, float]]:
         t0 = time.perf_counter()
         index = GenerativeIndex.build(data.item_emb, item_ids=data.item_ids, queries=queries,
                                       sampler=sampler, config=config_for(data.name, scale,
@@ -425,12 +431,7 @@ def study_querypath(d: Data, scale: Scale) -> Study:
         secs = time.perf_counter() - t0
         out = {}
         for rerank in (False, True):
-            _, rows = index.search(test, max(*ks["P"], *ks["R"]), rerank=rerank,
-                                   query_emb=data.query_emb)
-            hits = metrics.hit_matrix(rows, **data.relevance)
-            m = {f"P@{k}": metrics.precision_at(hits, k) for k in ks["P"]}
-            m.update({f"R@{k}": metrics.recall_at(hits, k) for k in ks["R"]})
-            m["MRR"] = metrics.mrr(hits)
+            m, _ = _score(data, index, rerank=rerank, k=k, queries=test)
             st.rows.append({"setting": setting + (" + rerank" if rerank else ""), "metrics": m,
                             "build_s": secs, "query_dim": int(queries.shape[1])})
             out["rerank" if rerank else "plain"] = m
@@ -461,11 +462,10 @@ def study_querypath(d: Data, scale: Scale) -> Study:
     pooled, tokens = both[:, :tower.dim], both[:, tower.dim:]
     grid = tokens.shape[1] // TOKEN_CHANNELS
     sampler: Any = SameLabelSampler(labels[sub], labels)
-    ks = {"P": (1, 10, 30), "R": (10,)}
     fm_pool = trial(fm, f"Fashion-MNIST pooled prefix ({PATCH_IMAGE_SIZE} px)", pooled[:len(sub)],
-                  sampler, pooled[len(sub):], ks)
+                  sampler, pooled[len(sub):], 30)
     fm_tok = trial(fm, f"Fashion-MNIST patch tokens ({grid} cells, {PATCH_IMAGE_SIZE} px)",
-                 tokens[:len(sub)], sampler, tokens[len(sub):], ks,
+                 tokens[:len(sub)], sampler, tokens[len(sub):], 30,
                  **{"decoder.query_tokens": grid})
 
     # Openclipart text -> image: training captions only (no image indexing pairs: those are
@@ -486,11 +486,10 @@ def study_querypath(d: Data, scale: Scale) -> Study:
     words = d.cache.get_or_compute(f"{text_tower.cache_key()}:tokens{MAX_TEXT_TOKENS}:"
                                    f"pca{TOKEN_CHANNELS}", "wordpieces", texts, word_pieces)
     sampler = PairSampler(np.arange(len(train_rows)), train_rows)
-    ks = {"P": (), "R": (1, 5, 10)}
     cl_pool = trial(cl, "Openclipart pooled caption (captions only)",
-                  cl.train_queries[:len(train_rows)], sampler, cl.query_emb, ks)
+                  cl.train_queries[:len(train_rows)], sampler, cl.query_emb, 10)
     cl_tok = trial(cl, f"Openclipart token sequence ({MAX_TEXT_TOKENS} word pieces, captions only)",
-                 words[:len(train_rows)], sampler, words[len(train_rows):], ks,
+                 words[:len(train_rows)], sampler, words[len(train_rows):], 10,
                  **{"decoder.query_tokens": MAX_TEXT_TOKENS})
     st.verdict = (
         f"Fashion-MNIST P@10: patch tokens {fm_tok['plain']['P@10']:.3f} vs pooled prefix "

@@ -132,8 +132,8 @@ def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index 
     from genir import tasks
 
     if task == "universal":
-        index, data = _build_universal(data_dir, quick=quick, steps=steps,
-                                       cache_dir=cache_dir, progress=progress)
+        data = _prepare_universal(data_dir, cache_dir=cache_dir, progress=progress)
+        index = _build_universal(data, quick=quick, steps=steps, progress=progress)
         index.save(out)
         data.encoder.save(out / data.encoder_spec["path"])
         typer.echo(json.dumps(index.stats(), indent=1))
@@ -246,22 +246,25 @@ def eval_(task: Annotated[str | None, typer.Argument(
         _write_json(json_out, result.to_dict())
 
 
-def _build_universal(data_dir: Path, *, quick: bool, steps: int | None, cache_dir: Path | None,
-                     progress: bool, encoder: Any = None) -> tuple[Any, Any]:
+def _prepare_universal(data_dir: Path, *, cache_dir: Path | None, progress: bool,
+                       encoder: Any = None) -> Any:
     from genir.data.corpus import MissingDataError
-    from genir.universal import build_universal, default_config, prepare_universal
+    from genir.universal import prepare_universal
 
     try:
-        data = prepare_universal(data_dir, cache=_cache(cache_dir), encoder=encoder,
+        return prepare_universal(data_dir, cache=_cache(cache_dir), encoder=encoder,
                                  progress=progress)
     except (MissingDataError, ValueError) as exc:
         _fail(str(exc))
-    if encoder is not None:
-        return None, data
+
+
+def _build_universal(data: Any, *, quick: bool, steps: int | None, progress: bool) -> Any:
+    from genir.universal import build_universal, default_config
+
     config = default_config(quick=quick)
     if steps is not None:
         config.train.steps = steps
-    return build_universal(data, config, progress=progress), data
+    return build_universal(data, config, progress=progress)
 
 
 def _eval_universal(name: str, *, index_dir: Path | None, json_out: Path | None, quick: bool,
@@ -285,11 +288,11 @@ def _eval_universal(name: str, *, index_dir: Path | None, json_out: Path | None,
             encoder.cache = _cache(cache_dir)
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
-        _, data = _build_universal(data_dir, quick=quick, steps=steps, cache_dir=cache_dir,
-                                   progress=progress, encoder=encoder)
+        data = _prepare_universal(data_dir, cache_dir=cache_dir, progress=progress,
+                                  encoder=encoder)
     else:
-        index, data = _build_universal(data_dir, quick=quick, steps=steps, cache_dir=cache_dir,
-                                       progress=progress)
+        data = _prepare_universal(data_dir, cache_dir=cache_dir, progress=progress)
+        index = _build_universal(data, quick=quick, steps=steps, progress=progress)
     try:
         result = evaluate_universal(data, index, tasks=None if name == "all" else [name],
                                     beam_size=beam_size)

@@ -21,6 +21,7 @@ class QueryEncoder:
     def __init__(self, spec: dict[str, Any], encoder: Any) -> None:
         self.spec = spec
         self.encoder = encoder
+        self._instruction_emb: dict[str, np.ndarray] = {}   # a universal index's few instructions
 
     @classmethod
     def for_index(cls, index_dir: str | Path, index: Any) -> QueryEncoder:
@@ -73,7 +74,6 @@ class QueryEncoder:
                              "(genir.instructions)")
         from genir.universal import decoder_input
 
-        cache = self.__dict__.setdefault("_instruction_emb", {})   # a handful of instructions
-        if instruction not in cache:
-            cache[instruction] = self.encode_texts([instruction])[0]
-        return decoder_input(query_emb, cache[instruction])
+        if instruction not in self._instruction_emb:
+            self._instruction_emb[instruction] = self.encode_texts([instruction])[0]
+        return decoder_input(query_emb, self._instruction_emb[instruction])

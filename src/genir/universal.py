@@ -137,7 +137,17 @@ def prepare_universal(root: str | Path, *, cache: EmbeddingCache | None = None,
     manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     pool = _read_pool(root, manifest["global_pool"]["file"])
     row_of = {c["did"]: i for i, c in enumerate(pool)}
-    splits = {t: load_universal_task(root, t, pool="global") for t in manifest["tasks"]}
+    # each task against its own pool (read once); its rows and positives as global rows
+    splits = {t: load_universal_task(root, t, pool="task") for t in manifest["tasks"]}
+    pool_rows: dict[str, np.ndarray] = {}
+    relevant: dict[str, list[list[int]]] = {}
+    for name, split in splits.items():
+        missing = [d for d in split.gallery.item_ids if d not in row_of]
+        if missing:
+            raise ValueError(f"{root}: task {name}'s candidates {missing[:3]} are not in "
+                             f"{GLOBAL_POOL}")
+        pool_rows[name] = np.array([row_of[d] for d in split.gallery.item_ids], dtype=np.int64)
+        relevant[name] = [[int(pool_rows[name][r]) for r in rel] for rel in split.relevant]
     t0 = time.perf_counter()
     cache = cache or EmbeddingCache()
     fit_heads = not getattr(encoder, "fitted", False)
@@ -150,7 +160,7 @@ def prepare_universal(root: str | Path, *, cache: EmbeddingCache | None = None,
 
     # which candidates are test answers, and which texts / images are test queries
     forbidden = {pool[r]["did"] for t in ONE_ANSWER_TASKS if t in splits
-                 for rel in splits[t].relevant for r in rel}
+                 for rel in relevant[t] for r in rel}
     query_texts = {_key(x) for s in splits.values() for x in (s.queries.texts or []) if x}
 
     # Open Clip Art: each item's caption (the candidates keep only the title or one caption
@@ -295,19 +305,15 @@ def prepare_universal(root: str | Path, *, cache: EmbeddingCache | None = None,
 
     tasks: dict[str, UniversalTask] = {}
     for name, split in splits.items():
-        if split.gallery.item_ids != [c["did"] for c in pool]:
-            raise ValueError(f"{root}: task {name}'s global pool differs from {GLOBAL_POOL}")
         q = split.queries
         no_images: list[Any] = [None] * len(q)
         qs = list(zip(q.images or no_images, q.texts or no_images, strict=True))
         q_emb = embed_many([(img or None, txt or None) for img, txt in qs])
-        task_file = manifest["tasks"][name]["files"]["pool"]
-        pool_rows = np.array([row_of[c["did"]] for c in _read_pool(root, task_file)], dtype=np.int64)
         tasks[name] = UniversalTask(
             name=name, instruction=instructions[name],
             target_modality=TASK_SPECS[name].target_modality, query_emb=q_emb,
             decoder_input=decoder_input(q_emb, ins_emb[instructions[name]]),
-            relevant=[list(r) for r in split.relevant], pool_rows=pool_rows)
+            relevant=relevant[name], pool_rows=pool_rows[name])
     item_meta = [{"modality": c["modality"], "caption": c["txt"] or "",
                   **({"image_path": c["img"]} if c["img"] else {}),
                   "source": c["src"].get("source", "")} for c in pool]
@@ -353,7 +359,6 @@ def evaluate_universal(data: UniversalData, index: GenerativeIndex, *,
     k = max(*RECALL_KS, *PRECISION_KS)
     modality = index.item_modality
     out: dict[str, Any] = {}
-    subsets: dict[str, GenerativeIndex] = {}
     for name in names:
         task = data.tasks[name]
         want = MODALITIES.index(task.target_modality)
@@ -361,11 +366,7 @@ def evaluate_universal(data: UniversalData, index: GenerativeIndex, *,
                      "pools": {}}
         for pool in ("task", "global"):
             rows_map = task.pool_rows if pool == "task" else np.arange(len(data.item_ids))
-            if pool == "task":
-                sub = subsets.get(name) or index.subset(task.pool_rows)
-                subsets[name] = sub
-            else:
-                sub = index
+            sub = index.subset(task.pool_rows) if pool == "task" else index
             table: dict[str, dict[str, float]] = {}
             for method in ("genir", "genir+rerank", "flat knn"):
                 t0 = time.perf_counter()

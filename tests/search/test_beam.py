@@ -22,6 +22,13 @@ def tiny_decoder(sizes=(4, 3, 5), query_dim=6, seed=0, query_tokens=0) -> CodeDe
     return model
 
 
+def token_queries(n: int, seed: int) -> torch.Tensor:
+    """(n, 6) = 3 tokens of width 2; odd rows have their last token as padding (zeros)."""
+    q = torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))
+    q[1::2, 4:] = 0
+    return q
+
+
 def brute_force(model, queries, unique_ids, k):
     """Score every valid ID with teacher forcing and sort: the reference for beam search."""
     out_leaf, out_score = [], []
@@ -35,13 +42,14 @@ def brute_force(model, queries, unique_ids, k):
     return torch.stack(out_leaf), torch.stack(out_score)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_full_beam_equals_brute_force(seed):
+@pytest.mark.parametrize("seed,query_tokens", [(0, 0), (1, 0), (2, 0), (0, 3), (1, 3)])
+def test_full_beam_equals_brute_force(seed, query_tokens):
     rng = np.random.default_rng(seed)
-    model = tiny_decoder(seed=seed)
+    model = tiny_decoder(seed=seed, query_tokens=query_tokens)
     table = IDTable.from_codes(rng.integers([4, 3, 5], size=(25, 3)))
     trie = CodeTrie.from_unique_ids(table.unique_ids)
-    queries = torch.randn(5, 6, generator=torch.Generator().manual_seed(seed))
+    queries = token_queries(5, seed) if query_tokens else torch.randn(
+        5, 6, generator=torch.Generator().manual_seed(seed))
     # a beam as wide as the number of IDs is exact search
     beam = table.num_ids
     leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=5,
@@ -78,17 +86,18 @@ def test_beam_results_do_not_depend_on_batch_size():
     torch.testing.assert_close(all_at_once[1], torch.cat([r[1] for r in one_by_one]))
 
 
-def test_incremental_decoding_matches_teacher_forcing():
-    model = tiny_decoder()
-    queries = torch.randn(3, 6)
-    codes = torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2]])
+@pytest.mark.parametrize("query_tokens", [0, 3])   # pooled prefix; 3 tokens, some padded
+def test_incremental_decoding_matches_teacher_forcing(query_tokens):
+    model = tiny_decoder(query_tokens=query_tokens)
+    queries = token_queries(4, 7) if query_tokens else torch.randn(4, 6)
+    codes = torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2], [2, 2, 3]])
     logits = model(queries, codes)
     session = model.session(queries)
     for level in range(3):
         torch.testing.assert_close(session.log_probs(level), logits[level].log_softmax(-1),
                                    atol=1e-5, rtol=1e-5)
         if level < 2:
-            session.advance(level, codes[:, level:level + 1], torch.zeros(3, 1, dtype=torch.int64))
+            session.advance(level, codes[:, level:level + 1], torch.zeros(4, 1, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("seed,beam", [(0, 3), (1, 5), (2, 8)])
@@ -110,40 +119,6 @@ def test_fast_beam_search_equals_slow_reference(seed, beam):
 
 
 # -- token-sequence queries (IRGen patches, AVG word pieces): the same search, a masked memory --
-
-def token_queries(n: int, seed: int) -> torch.Tensor:
-    """(n, 6) = 3 tokens of width 2; odd rows have their last token as padding (zeros)."""
-    q = torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))
-    q[1::2, 4:] = 0
-    return q
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_token_queries_full_beam_equals_brute_force(seed):
-    rng = np.random.default_rng(seed)
-    model = tiny_decoder(seed=seed, query_tokens=3)
-    table = IDTable.from_codes(rng.integers([4, 3, 5], size=(25, 3)))
-    trie = CodeTrie.from_unique_ids(table.unique_ids)
-    queries = token_queries(5, seed)
-    leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=5,
-                                             beam_size=table.num_ids)
-    ref_leaves, ref_scores = brute_force(model, queries, table.unique_ids, table.num_ids)
-    torch.testing.assert_close(scores, ref_scores, atol=1e-4, rtol=1e-4)
-    assert torch.equal(leaves, ref_leaves)
-
-
-def test_token_queries_incremental_decoding_matches_teacher_forcing():
-    model = tiny_decoder(query_tokens=3)
-    queries = token_queries(4, 7)
-    codes = torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2], [2, 2, 3]])
-    logits = model(queries, codes)
-    session = model.session(queries)
-    for level in range(3):
-        torch.testing.assert_close(session.log_probs(level), logits[level].log_softmax(-1),
-                                   atol=1e-5, rtol=1e-5)
-        if level < 2:
-            session.advance(level, codes[:, level:level + 1], torch.zeros(4, 1, dtype=torch.int64))
-
 
 def test_padding_tokens_are_masked_out():
     """A padded (all-zero) token has no say: moving its position embedding changes nothing

@@ -36,7 +36,6 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
     q = num_queries
     node = torch.zeros(q, 1, dtype=torch.int64)  # the root (ignored at level 0)
     score = torch.zeros(q, 1)
-    assert trie.complete is not None
     for level in range(trie.num_levels):
         width = node.shape[1]
         logp = session.log_probs(level).float().view(q, width, -1)  # (Q, B, K)

@@ -9,7 +9,7 @@ unique IDs, in the same order, so a leaf index is an `IDTable` row. Not a dict o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,11 +22,11 @@ class CodeTrie:
     max_children: list[int]          # per level l: most children of one level-(l-1) node
     # per level l: every level-(l-1) node has all codes 0..max_children[l]-1 as children, so
     # node j's children are j * K + code (a dense level: 1M random IDs fill levels 0 and 1)
-    complete: list[bool] | None = None
+    # (derived from the arrays when not given)
+    complete: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.complete is None:
-            self.complete = []
+        if not self.complete:
             for level, codes in enumerate(self.node_code):
                 k = self.max_children[level]
                 parents = 1 if level == 0 else len(self.child_start[level - 1]) - 1
