@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from genir.ablate import STUDIES, Scale, Study, _order_verdict, config_for, run
@@ -134,3 +135,45 @@ def test_pr_curve_by_hand():
     assert recall == pytest.approx([(0.5 + 0) / 2, (0.5 + 1 / 6) / 2, (1 + 2 / 6) / 2, (1 + 3 / 6) / 2])
     assert precision == pytest.approx([0.5, 0.5, (2 / 3 + 2 / 3) / 2, (0.5 + 0.75) / 2])
     assert _plot_pr({"a": (recall, precision)}, "t")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tower_study_on_fixture_data(tmp_path, monkeypatch):
+    """The IRGen-headline study end to end on the fixture Fashion-MNIST: frozen and tuned
+    tower rows, flat k-NN on each, a verdict per setting; the frozen IRGen index is the one
+    the identifiers study built in the same run (shared, not rebuilt)."""
+    import genir.ablate as ablate
+    from fixtures import write_fashion_mnist
+    from genir.ablate import Data, study_identifiers, study_tower
+    from genir.encoders.cache import EmbeddingCache
+
+    real_config_for = ablate.config_for
+
+    def small(*args, **kwargs):
+        cfg = real_config_for(*args, **kwargs)
+        cfg.decoder.d_model, cfg.decoder.num_heads, cfg.train.batch_size = 32, 2, 32
+        cfg.rq.codebook_size = 8
+        return cfg
+
+    monkeypatch.setattr(ablate, "config_for", small)
+    monkeypatch.setenv("GENIR_FASHION_MNIST_DIR", str(write_fashion_mnist(tmp_path / "f")))
+    scale = Scale(fmnist_items=None, fmnist_queries=20, fmnist_steps=20, clip_items=None,
+                  clip_queries=5, clip_steps=20, tokenizer_steps=10)
+    d = Data(scale, EmbeddingCache(tmp_path / "cache"), False)
+    ident = study_identifiers(d, scale)
+    built = len(d.built)
+    st = study_tower(d, scale)
+    assert len(d.built) == built + 2          # tuned irgen and rq; frozen irgen was shared
+    irgen = next(r for r in ident.rows if r["setting"] == "irgen")["metrics"]
+    assert next(r for r in st.rows if r["setting"] == "frozen tower: irgen")["metrics"] == irgen
+    assert [r["setting"] for r in st.rows] == [
+        "frozen tower: flat knn", "frozen tower: irgen", "frozen tower: irgen + rerank",
+        "tuned tower: flat knn", "tuned tower: irgen",
+        "tuned tower: irgen + rerank",
+        "tuned tower: rq", "tuned tower: rq + rerank",
+        "tuned tower: rq, patch tokens (4 cells)", "tuned tower: rq, patch tokens (4 cells) + rerank"]
+    assert d.fmnist.encoder_spec["type"] == "efficientnet-lite0"
+    assert d.fmnist_tuned.encoder_spec["type"] == "efficientnet-lite0-tuned"
+    assert not np.allclose(d.fmnist.item_emb, d.fmnist_tuned.item_emb, atol=1e-3)
+    assert all(0.0 <= v <= 1.0 for r in st.rows for v in r["metrics"].values())
+    assert st.rows[-1]["query_dim"] == 4 * 128     # the 2x2 grid at 64 px, PCA to 128
+    assert st.verdict.count("the target") == 5 and st.plot

@@ -55,7 +55,24 @@ def fmnist_index(data_dirs, tmp_path_factory):
 def test_build_writes_a_loadable_index(fmnist_index):
     manifest = json.loads((fmnist_index / "manifest.json").read_text())
     assert manifest["num_items"] == 120
+    assert manifest["extra"]["encoder"] == {"type": "efficientnet-lite0-tuned", "image_size": 64,
+                                            "path": "encoder"}
+    spec = json.loads((fmnist_index / "encoder" / "encoder.json").read_text())
+    assert spec["type"] == "efficientnet-lite0-tuned" and spec["steps_done"] == 2  # 3 passes of 120
+    assert (fmnist_index / "encoder" / "tower-top.safetensors").exists()
+
+
+def test_frozen_tower_build_and_a_saved_index_keeps_its_tower(tmp_path, data_dirs):
+    out = tmp_path / "frozen"
+    result, text = invoke("build", "fashion-mnist", "--out", str(out), "--steps", "5",
+                          "--frozen-tower", "--cache-dir", str(data_dirs["cache"]), "--no-progress")
+    assert result.exit_code == 0, text
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["extra"]["encoder"] == {"type": "efficientnet-lite0", "image_size": 64}
+    assert not (out / "encoder").exists()
+    result, text = invoke("eval", "fashion-mnist", "--index", str(out), "--tune-tower",
+                          "--num-queries", "5", "--no-progress")
+    assert result.exit_code == 2 and "keeps the tower it was built with" in text
 
 
 def test_search_by_image(fmnist_index, tmp_path):

@@ -11,6 +11,8 @@ import pytest
 
 from genir import tasks
 from genir.encoders.cache import EmbeddingCache
+from genir.eval import metrics
+from genir.eval.flat import FlatIndex
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +33,18 @@ def test_fashion_mnist_generative_beats_chance_and_keeps_precision_flat(tmp_path
     assert genir["P@10"] > 0.6 and flat["P@10"] > 0.6   # 10 classes: chance is 0.1
     # the IRGen signature: precision barely falls from K=1 to K=30
     assert genir["P@1"] - genir["P@30"] < 0.1
-    # a second run reads the embedding cache instead of re-embedding
+    # a second run reads the embedding cache (trunk maps, gallery and query embeddings) and
+    # the tuned tower's weights instead of re-embedding and re-training
     cache = EmbeddingCache(tmp_path)
-    tasks.prepare("fashion-mnist", cache=cache, num_queries=200, limit=3000)
-    assert cache.hits == 2 and cache.misses == 0
+    again = tasks.prepare("fashion-mnist", cache=cache, num_queries=200, limit=3000)
+    assert cache.hits == 3 and cache.misses == 0 and again.encoder.losses == []
+    # the tuned tower beats the frozen one on flat k-NN over the same gallery (seeded)
+    frozen = tasks.prepare("fashion-mnist", cache=cache, num_queries=200, limit=3000,
+                           tune_tower=False)
+    _, rows = FlatIndex(frozen.item_emb).search(frozen.query_emb, 10)
+    frozen_p10 = metrics.precision_at(metrics.hit_matrix(rows, **frozen.relevance), 10)
+    # seeded: 0.731 vs 0.712 here (36 tuning steps on 3k images; 0.892 vs 0.803 at 60k)
+    assert flat["P@10"] > frozen_p10
 
 
 def test_openclipart_text_to_image_finds_captioned_images(tmp_path):

@@ -35,6 +35,9 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", min=10,
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="decoder training steps")]
 TokenizerOpt = Annotated[str, typer.Option("--tokenizer", help="semantic IDs: rq, random, hkmeans, irgen "
                                                    "(needs labels) or avg (needs captions)")]
+TowerOpt = Annotated[bool | None, typer.Option(
+    "--tune-tower/--frozen-tower", help="fashion-mnist: fine-tune the top of the image tower on "
+    "the gallery labels (default) or embed with the frozen ImageNet tower")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="embedding cache folder")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="progress bars on long work")]
@@ -52,13 +55,14 @@ def _cache(cache_dir: Path | None):
 
 
 def _prepare(task: str, *, cache_dir: Path | None, num_queries: int, limit: int | None,
-             progress: bool, encoder: Any = None):
+             progress: bool, encoder: Any = None, tune_tower: bool | None = None):
     from genir import tasks
     from genir.data.corpus import MissingDataError
 
     try:
         return tasks.prepare(task, cache=_cache(cache_dir), num_queries=num_queries,
-                             limit=limit, encoder=encoder, progress=progress)
+                             limit=limit, encoder=encoder, tune_tower=tune_tower,
+                             progress=progress)
     except (MissingDataError, ValueError) as exc:
         _fail(str(exc))
 
@@ -126,7 +130,8 @@ def demo(out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/
 def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index folder")],
           quick: QuickOpt = False, steps: StepsOpt = None, limit: LimitOpt = None,
           tokenizer: TokenizerOpt = "rq", data_dir: UniversalDirOpt = DEFAULT_UNIVERSAL_DATA,
-          cache_dir: CacheOpt = None, progress: ProgressOpt = True) -> None:
+          tune_tower: TowerOpt = None, cache_dir: CacheOpt = None,
+          progress: ProgressOpt = True) -> None:
     """Build a generative index on a bundled task (or "universal": every universal task's
     candidates in one index) and save it to --out."""
     from genir import tasks
@@ -140,7 +145,8 @@ def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index 
         typer.echo(f"saved {len(index)} items to {out}")
         return
     config = _config(task, quick, steps, tokenizer)
-    data = _prepare(task, cache_dir=cache_dir, num_queries=1, limit=limit, progress=progress)
+    data = _prepare(task, cache_dir=cache_dir, num_queries=1, limit=limit, progress=progress,
+                    tune_tower=tune_tower)
     index = tasks.build(data, config, progress=progress)
     _save(index, data, out)
     typer.echo(json.dumps(index.stats(), indent=1))
@@ -206,7 +212,8 @@ def eval_(task: Annotated[str | None, typer.Argument(
           quick: QuickOpt = False, num_queries: QueriesOpt = 1000, steps: StepsOpt = None,
           limit: LimitOpt = None, beam_size: Annotated[int | None, typer.Option(min=1)] = None,
           tokenizer: TokenizerOpt = "rq", data_dir: UniversalDirOpt = DEFAULT_UNIVERSAL_DATA,
-          cache_dir: CacheOpt = None, progress: ProgressOpt = True) -> None:
+          tune_tower: TowerOpt = None, cache_dir: CacheOpt = None,
+          progress: ProgressOpt = True) -> None:
     """Score genir, genir+rerank and flat k-NN on a bundled task, or on a universal task
     (--task) in its own pool and in the global pool."""
     if (task is None) == (universal_task is None):
@@ -228,13 +235,20 @@ def eval_(task: Annotated[str | None, typer.Argument(
             index = GenerativeIndex.load(index_dir)
             if index.extra.get("task") != task:
                 _fail(f"{index_dir} was built for task {index.extra.get('task')!r}, not {task!r}")
-            if task == "openclipart":  # reuse the index's projection heads
+            if index.extra.get("encoder", {}).get("path"):
+                # reuse what the index trained: projection heads or the tuned tower's top
                 encoder = QueryEncoder.for_index(index_dir, index).encoder
-                encoder.cache = _cache(cache_dir)
+                if hasattr(encoder, "cache"):
+                    encoder.cache = _cache(cache_dir)
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
+    if index is not None:
+        if tune_tower is not None:
+            _fail("--tune-tower/--frozen-tower apply to a new build; a saved --index keeps "
+                  "the tower it was built with")
+        tune_tower = index.extra.get("encoder", {}).get("type") == "efficientnet-lite0-tuned"
     data = _prepare(task, cache_dir=cache_dir, num_queries=num_queries, limit=limit,
-                    encoder=encoder, progress=progress)
+                    encoder=encoder, tune_tower=tune_tower, progress=progress)
     if index is None:
         index = tasks.build(data, _config(task, quick, steps, tokenizer), progress=progress)
     elif index.item_ids != data.item_ids:

@@ -34,6 +34,10 @@ class QueryEncoder:
             from genir.encoders.towers import EfficientNetLiteTower
 
             return cls(spec, EfficientNetLiteTower(image_size=spec["image_size"]))
+        if kind == "efficientnet-lite0-tuned":
+            from genir.encoders.tuning import TunedEfficientNetLite
+
+            return cls(spec, TunedEfficientNetLite.load(Path(index_dir) / spec["path"]))
         if kind == "aligned":
             from genir.encoders.aligned import AlignedEncoder
 

@@ -1,8 +1,10 @@
 """The bundled evaluation tasks: what `genir demo`, `genir build` and `genir eval` run.
 
 - fashion-mnist (IRGen set-up, image -> image): gallery = the 60k training images, a
-  seeded sample of test images as queries, relevance = same class; the decoder is trained
-  on (image, random image of the same class) pairs from the gallery.
+  seeded sample of test images as queries, relevance = same class; the top of the image
+  tower is fine-tuned on the gallery's labels (genir.encoders.tuning; `tune_tower=False`
+  keeps it frozen), and the decoder is trained on (image, random image of the same class)
+  pairs from the gallery.
 - openclipart (AVG set-up, text -> image): every clip-art image is an item; a seeded
   held-out split of captions are the queries, relevance = the caption's own image. The
   projection heads and the decoder never see held-out captions; the decoder is trained on
@@ -100,17 +102,23 @@ def default_config(task: str, *, quick: bool = False) -> IndexConfig:
 
 def prepare(task: str, *, cache: EmbeddingCache | None = None, num_queries: int = 1000,
             image_size: int | None = None, limit: int | None = None, seed: int = 0,
-            encoder: Any = None, progress: bool = False) -> TaskData:
+            encoder: Any = None, tune_tower: bool | None = None,
+            progress: bool = False) -> TaskData:
     """Load a bundled task and embed it (cached).
 
-    encoder: for openclipart, an already fitted `AlignedEncoder` (from a saved index) to
-    reuse instead of training new projection heads.
+    encoder: an already fitted encoder from a saved index to reuse instead of training one:
+    for openclipart an `AlignedEncoder` (projection heads), for fashion-mnist a
+    `TunedEfficientNetLite`.
+    tune_tower (fashion-mnist): fine-tune the top of the image tower on the gallery's class
+    labels (default True; False embeds with the frozen ImageNet tower, as the ablations do).
     """
     _check_task(task)
     cache = cache or EmbeddingCache()
     if task == "fashion-mnist":
         return _prepare_fashion_mnist(cache=cache, num_queries=num_queries,
                                       image_size=image_size or 64, limit=limit, seed=seed,
+                                      encoder=encoder,
+                                      tune_tower=True if tune_tower is None else tune_tower,
                                       progress=progress)
     return _prepare_openclipart(cache=cache, num_queries=num_queries,
                                 image_size=image_size or 128, limit=limit, seed=seed,
@@ -118,7 +126,8 @@ def prepare(task: str, *, cache: EmbeddingCache | None = None, num_queries: int 
 
 
 def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_size: int,
-                           limit: int | None, seed: int, progress: bool) -> TaskData:
+                           limit: int | None, seed: int, encoder: Any, tune_tower: bool,
+                           progress: bool) -> TaskData:
     from genir.data.fashion_mnist import load_fashion_mnist
     from genir.encoders.towers import EfficientNetLiteTower
 
@@ -131,28 +140,72 @@ def _prepare_fashion_mnist(*, cache: EmbeddingCache, num_queries: int, image_siz
                                              replace=False)))
     gallery_images, query_images = gallery.images, queries.images
     assert gallery_images is not None and query_images is not None
-    tower = EfficientNetLiteTower(image_size=image_size)
-    t0 = time.perf_counter()
-    item_emb = cache.get_or_compute(tower.cache_key(), "image", gallery_images,
-                                    lambda: tower.encode_images(gallery_images, progress=progress))
-    query_emb = cache.get_or_compute(tower.cache_key(), "image", query_images,
-                                     lambda: tower.encode_images(query_images, progress=progress))
     labels = gallery.labels
     assert labels is not None and queries.labels is not None
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if encoder is not None or tune_tower:
+        encoder, item_emb = _tuned_tower(encoder, image_size, gallery_images, labels, cache,
+                                         timings, progress)
+        query_emb = cache.get_or_compute(encoder.cache_key(), "image", query_images,
+                                         lambda: encoder.encode_images(query_images))
+        encoder_spec: dict[str, Any] = {"type": "efficientnet-lite0-tuned",
+                                        "image_size": image_size, "path": "encoder"}
+    else:
+        tower = EfficientNetLiteTower(image_size=image_size)
+        item_emb = cache.get_or_compute(tower.cache_key(), "image", gallery_images,
+                                        lambda: tower.encode_images(gallery_images,
+                                                                    progress=progress))
+        query_emb = cache.get_or_compute(tower.cache_key(), "image", query_images,
+                                         lambda: tower.encode_images(query_images,
+                                                                     progress=progress))
+        encoder_spec = {"type": "efficientnet-lite0", "image_size": image_size}
+    timings["embed_s"] = time.perf_counter() - t0 - timings.get("tune_s", 0.0)
     return TaskData(
         name="fashion-mnist", item_ids=gallery.item_ids, item_emb=item_emb,
         train_queries=item_emb, sampler=SameLabelSampler(labels, labels), query_emb=query_emb,
         relevance={"query_labels": queries.labels, "item_labels": labels},
         num_relevant=np.bincount(labels, minlength=10)[queries.labels],
         metric_ks={"precision": (1, 10, 30), "recall": (10,), "map": (100,)},
-        encoder_spec={"type": "efficientnet-lite0", "image_size": image_size},
-        timings={"embed_s": time.perf_counter() - t0},
+        encoder_spec=encoder_spec, encoder=encoder, timings=timings,
         item_meta=[{"caption": gallery.label_names[lab], "label": gallery.label_names[lab],
                     "source": f"fashion-mnist {item_id}"}
                    for item_id, lab in zip(gallery.item_ids, labels.tolist(), strict=True)]
         if gallery.label_names else None,
         thumbnail_source=gallery_images if isinstance(gallery_images, np.ndarray) else None,
         query_source=query_images, item_labels=labels)
+
+
+def _tuned_tower(encoder: Any, image_size: int, images: Any, labels: np.ndarray,
+                 cache: EmbeddingCache, timings: dict[str, float], progress: bool
+                 ) -> tuple[Any, np.ndarray]:
+    """The gallery through a fine-tuned tower: `encoder` (a saved index's) as is, or a new
+    top trained on the gallery's labels. The trunk maps and the tuned weights are cached
+    (same images, labels and config -> the same seeded training, so it runs once).
+    -> (the encoder, the gallery embeddings)"""
+    from genir.encoders.cache import content_digest
+    from genir.encoders.towers import EfficientNetLiteTower
+    from genir.encoders.tuning import TunedEfficientNetLite, tune_key
+
+    if encoder is None:
+        encoder = TunedEfficientNetLite(EfficientNetLiteTower(image_size=image_size))
+    maps = cache.get_or_compute(encoder.trunk_key(), "trunk", images,
+                                lambda: encoder.trunk(images, progress=progress),
+                                dtype=np.float16)
+    if not encoder.fitted:
+        t0 = time.perf_counter()
+        key = tune_key(f"{encoder.trunk_key()}|{content_digest(images)}", labels,
+                       encoder.config)
+        weights = cache.root / f"tower-top-{key}.safetensors"
+        if cache.enabled and weights.exists():
+            encoder.load_top(weights)
+        else:
+            encoder.fit(maps, labels, progress=progress)
+            if cache.enabled:
+                encoder.save_top(weights)
+        timings["tune_s"] = time.perf_counter() - t0
+    return encoder, cache.get_or_compute(encoder.cache_key(), "image", images,
+                                         lambda: encoder.embed_trunk(maps))
 
 
 def _prepare_openclipart(*, cache: EmbeddingCache, num_queries: int, image_size: int,

@@ -64,20 +64,22 @@ class EmbeddingCache:
         return self.root / f"{what}-{key}.npy"
 
     def get_or_compute(self, encoder_key: str, what: str, items: Sequence[Any] | np.ndarray,
-                       compute: Callable[[], np.ndarray]) -> np.ndarray:
+                       compute: Callable[[], np.ndarray], *, dtype: Any = np.float32
+                       ) -> np.ndarray:
+        """The cached array for (encoder, what, content), or compute() stored as `dtype`."""
         if not self.enabled:
-            return compute()
+            return np.asarray(compute(), dtype=dtype)
         path = self.path_for(encoder_key, what, content_digest(items))
         if path.exists():
             try:
                 out = np.load(path)
-                if len(out) == len(items):
+                if len(out) == len(items) and out.dtype == dtype:
                     self.hits += 1
                     return out
             except (OSError, ValueError):
                 pass  # unreadable entry: recompute and overwrite
         self.misses += 1
-        out = np.asarray(compute(), dtype=np.float32)
+        out = np.asarray(compute(), dtype=dtype)
         buf = io.BytesIO()
         np.save(buf, out)
         atomic_write_bytes(path, buf.getvalue())
