@@ -102,21 +102,26 @@ def faiss_indexes(emb: np.ndarray, hnsw_max: int):
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+def common_args(doc: str, *, sizes: list[int], batches: list[int], num_queries: int,
+                out: str) -> argparse.ArgumentParser:
+    """The options both speed benchmarks take (this one and search_split.py)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=sizes)
     ap.add_argument("--beams", type=int, nargs="+", default=[10, 30])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--num-queries", type=int, default=128)
+    ap.add_argument("--batches", type=int, nargs="+", default=batches)
+    ap.add_argument("--num-queries", type=int, default=num_queries)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--levels", type=int, default=4)
     ap.add_argument("--codebook-size", type=int, default=256)
-    ap.add_argument("--reference-queries", type=int, default=4)
-    ap.add_argument("--hnsw-max", type=int, default=100_000, help="skip HNSW above this N")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/search_speed.json"))
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=Path(out))
+    return ap
 
+
+def setup(args: argparse.Namespace
+          ) -> tuple[DecoderConfig, CodeDecoder, np.ndarray, float, np.random.Generator]:
+    """Seeded random default decoder, unit queries and the machine's matmul rate.
+    -> (config, decoder, queries, GFLOP/s, the rng the synthetic corpora draw from next)"""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels)
@@ -124,6 +129,16 @@ def main() -> None:
     gflops = matmul_gflops()
     queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return cfg, decoder, queries, gflops, rng
+
+
+def main() -> None:
+    ap = common_args(__doc__, sizes=[10_000, 100_000, 1_000_000], batches=[1, 32],
+                     num_queries=128, out="docs/benchmarks/search_speed.json")
+    ap.add_argument("--reference-queries", type=int, default=4)
+    ap.add_argument("--hnsw-max", type=int, default=100_000, help="skip HNSW above this N")
+    args = ap.parse_args()
+    cfg, decoder, queries, gflops, rng = setup(args)
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"matmul {gflops:.0f} GFLOP/s, decoder d={cfg.d_model} L={cfg.num_layers} "

@@ -17,16 +17,18 @@ Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from search_speed import decoder_flops_per_query, matmul_gflops, synthetic_index  # same folder
+from search_speed import (  # same folder
+    common_args,
+    decoder_flops_per_query,
+    setup,
+    synthetic_index,
+)
 
-from genir.decoder.model import CodeDecoder, DecoderConfig
 from genir.index import GenerativeIndex
 from genir.search import beam as beam_mod
 
@@ -104,27 +106,12 @@ def _split_once(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
-    ap.add_argument("--beams", type=int, nargs="+", default=[10, 30])
-    ap.add_argument("--batches", type=int, nargs="+", default=[32])
-    ap.add_argument("--num-queries", type=int, default=256)
-    ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--levels", type=int, default=4)
-    ap.add_argument("--codebook-size", type=int, default=256)
-    ap.add_argument("--k", type=int, default=10)
+    ap = common_args(__doc__, sizes=[10_000, 1_000_000], batches=[32], num_queries=256,
+                     out="docs/benchmarks/search_split.json")
     ap.add_argument("--repeats", type=int, default=3, help="passes per setting; the fastest counts")
     ap.add_argument("--rounds", type=int, default=7, help="alternating rounds for the N ratio")
-    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/search_split.json"))
     args = ap.parse_args()
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels)
-    decoder = CodeDecoder(cfg).eval()
-    queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    gflops = matmul_gflops()
+    cfg, decoder, queries, gflops, rng = setup(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder d={cfg.d_model} "
           f"L={cfg.num_layers} P={cfg.num_prefix}, ID {args.levels} x {args.codebook_size}, "
           f"{args.num_queries} queries; matmul {gflops:.0f} GFLOP/s (1024^3, this run)")

@@ -444,6 +444,30 @@ def study_genius(d: Data, scale: Scale) -> Study:
     return st
 
 
+def _query_trial(st: Study, data: tasks.TaskData, scale: Scale, setting: str,
+                 queries: np.ndarray, sampler: Any, test: np.ndarray, *, k: int = CURVE_K,
+                 curves: dict[str, list[float]] | None = None, **overrides: Any
+                 ) -> dict[str, dict[str, float]]:
+    """Build on the task's items with decoder inputs `queries` (pooled vectors or flattened
+    tokens) and `sampler`'s pairs, score `test` plain and reranked, add both rows (and their
+    P@K curves to `curves`). -> {"plain": metrics, "rerank": metrics}"""
+    t0 = time.perf_counter()
+    index = GenerativeIndex.build(data.item_emb, item_ids=data.item_ids, queries=queries,
+                                  sampler=sampler,
+                                  config=config_for(data.name, scale, **overrides))
+    secs = time.perf_counter() - t0
+    out = {}
+    for rerank in (False, True):
+        name = setting + (" + rerank" if rerank else "")
+        m, hits = _score(data, index, rerank=rerank, k=k, queries=test)
+        if curves is not None:
+            curves[name] = _p_at_k_curve(hits)
+        st.rows.append({"setting": name, "metrics": m, "build_s": secs,
+                        "query_dim": int(queries.shape[1])})
+        out["rerank" if rerank else "plain"] = m
+    return out
+
+
 def study_querypath(d: Data, scale: Scale) -> Study:
     """Pooled vs token-sequence query conditioning on the same IDs, pairs and steps."""
     from genir.decoder.train import PairSampler
@@ -457,19 +481,8 @@ def study_querypath(d: Data, scale: Scale) -> Study:
     quick = scale.fmnist_items is not None
 
     def trial(data: tasks.TaskData, setting: str, queries: np.ndarray, sampler: Any,
-            test: np.ndarray, k: int, **overrides: Any) -> dict[str, dict[str, float]]:
-        t0 = time.perf_counter()
-        index = GenerativeIndex.build(data.item_emb, item_ids=data.item_ids, queries=queries,
-                                      sampler=sampler, config=config_for(data.name, scale,
-                                                                         **overrides))
-        secs = time.perf_counter() - t0
-        out = {}
-        for rerank in (False, True):
-            m, _ = _score(data, index, rerank=rerank, k=k, queries=test)
-            st.rows.append({"setting": setting + (" + rerank" if rerank else ""), "metrics": m,
-                            "build_s": secs, "query_dim": int(queries.shape[1])})
-            out["rerank" if rerank else "plain"] = m
-        return out
+              test: np.ndarray, k: int, **overrides: Any) -> dict[str, dict[str, float]]:
+        return _query_trial(st, data, scale, setting, queries, sampler, test, k=k, **overrides)
 
     # Fashion-MNIST image -> image: the query image at PATCH_IMAGE_SIZE, pooled or 4x4 cells;
     # IDs from the task's 64 px item vectors; queries: a seeded subset of the gallery (x1) with
@@ -599,18 +612,8 @@ def _tuned_patch_trial(d: Data, scale: Scale, st: Study, curves: dict[str, list[
     del raw
     test = flatten_tokens(pca.transform(image_patch_tokens(enc, data.query_source)))
     grid = train.shape[1] // TOKEN_CHANNELS
-    t0 = time.perf_counter()
-    index = GenerativeIndex.build(data.item_emb, item_ids=data.item_ids, queries=train,
-                                  sampler=data.sampler, config=config_for(
-                                      "fashion-mnist", scale, tokenizer="rq",
-                                      **{"decoder.query_tokens": grid}))
-    secs = time.perf_counter() - t0
-    for rerank in (False, True):
-        setting = f"tuned tower: rq, patch tokens ({grid} cells)" + (" + rerank" if rerank else "")
-        m, hits = _score(data, index, rerank=rerank, queries=test)
-        curves[setting] = _p_at_k_curve(hits)
-        st.rows.append({"setting": setting, "metrics": m, "build_s": secs,
-                        "query_dim": int(train.shape[1])})
+    _query_trial(st, data, scale, f"tuned tower: rq, patch tokens ({grid} cells)", train,
+                 data.sampler, test, curves=curves, **{"decoder.query_tokens": grid})
     return grid
 
 
