@@ -54,14 +54,40 @@ def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def decoder_gemms(cfg: DecoderConfig, beam: int, batch: int = 1) -> list[tuple[int, int, int]]:
+    """The (rows, in, out) matrix products of one batch's search, in the order the decoder
+    runs them: the query memory and its cross-attention keys/values once, then per level
+    each block's fused self-attention q/k/v, its output, cross-attention q and output, the
+    MLP's two layers, and the level's output head (level 0 on the BOS row only)."""
+    d, p, r = cfg.d_model, cfg.num_prefix, cfg.mlp_ratio
+    out = [(batch, cfg.query_dim, d), (batch, d, p * d)]
+    out += [(batch * p, d, 2 * d)] * cfg.num_layers
+    for level, k in enumerate(cfg.codebook_sizes):
+        rows = batch * (1 if level == 0 else beam)
+        out += [(rows, d, 3 * d), (rows, d, d), (rows, d, d), (rows, d, d),
+                (rows, d, r * d), (rows, r * d, d)] * cfg.num_layers
+        out.append((rows, d, k))
+    return out
+
+
 def decoder_flops_per_query(cfg: DecoderConfig, beam: int) -> float:
-    """Multiply-adds x 2 of one query's search: prefix memory once, then M levels x beams."""
-    d, layers, p = cfg.d_model, cfg.num_layers, cfg.num_prefix
-    memory = cfg.query_dim * d + d * p * d + layers * 2 * d * d * p
-    per_token = layers * (4 * d * d + 2 * d * d + 2 * cfg.mlp_ratio * d * d)
-    steps = sum(min(beam, 1 if lv == 0 else beam) * (per_token + d * k)
-                for lv, k in enumerate(cfg.codebook_sizes))
-    return 2.0 * (memory + steps)
+    """Multiply-adds x 2 of one query's search: prefix memory once, then M levels x beams
+    (attention scores over the few memory and cache positions are left out: < 1%)."""
+    return float(sum(2 * m * k * n for m, k, n in decoder_gemms(cfg, beam)))
+
+
+def gemm_gflops(shapes: list[tuple[int, int, int]], reps: int = 20) -> float:
+    """GFLOP/s of `shapes` run back to back as bare matrix products (no bias, activation or
+    attention): the machine's limit for the decoder's own matrices, the fastest of `reps`."""
+    mats = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    best = float("inf")
+    for _ in range(reps + 2):
+        t0 = time.perf_counter()
+        for a, b in mats:
+            torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
 
 
 def synthetic_index(n: int, *, dim: int, levels: int, codebook_size: int, decoder: CodeDecoder,

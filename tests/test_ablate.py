@@ -177,3 +177,36 @@ def test_tower_study_on_fixture_data(tmp_path, monkeypatch):
     assert all(0.0 <= v <= 1.0 for r in st.rows for v in r["metrics"].values())
     assert st.rows[-1]["query_dim"] == 4 * 128     # the 2x2 grid at 64 px, PCA to 128
     assert st.verdict.count("the target") == 5 and st.plot
+
+
+def test_decoder_study_on_fixture_data(tmp_path, monkeypatch):
+    """The decoder-size study (issue 6): the default and a larger decoder on the same task,
+    each with its weights counted and its queries/s measured; not in the default run."""
+    import genir.ablate as ablate
+    from fixtures import write_fashion_mnist
+    from genir.ablate import EXTRA_STUDIES, Data, study_decoder
+    from genir.encoders.cache import EmbeddingCache
+
+    assert "decoder" in EXTRA_STUDIES and "decoder" not in STUDIES
+    real_config_for = ablate.config_for
+
+    def small(*args, **kwargs):
+        cfg = real_config_for(*args, **kwargs)
+        if "decoder.d_model" not in kwargs:
+            cfg.decoder.d_model, cfg.decoder.num_heads = 32, 2
+        cfg.train.batch_size, cfg.rq.codebook_size = 32, 8
+        return cfg
+
+    monkeypatch.setattr(ablate, "config_for", small)
+    monkeypatch.setattr(ablate, "T5_SMALL", {"decoder.d_model": 48, "decoder.num_layers": 3,
+                                             "decoder.num_heads": 4, "decoder.num_prefix": 6})
+    monkeypatch.setenv("GENIR_FASHION_MNIST_DIR", str(write_fashion_mnist(tmp_path / "f")))
+    scale = Scale(fmnist_items=None, fmnist_queries=20, fmnist_steps=20, clip_items=None,
+                  clip_queries=5, clip_steps=20, tokenizer_steps=10)
+    st = study_decoder(Data(scale, EmbeddingCache(tmp_path / "cache"), False), scale)
+    small_row, big_row = st.rows
+    assert small_row["setting"].startswith("default") and "T5-small" in big_row["setting"]
+    assert big_row["parameters"] > 2 * small_row["parameters"]
+    assert small_row["qps_batch32"] > 0 and big_row["qps_batch32"] > 0
+    assert all(0.0 <= v <= 1.0 for r in st.rows for v in r["metrics"].values())
+    assert st.verdict.count("P@10") == 1 and st.plot

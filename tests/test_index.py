@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import clustered
-from genir.decoder.model import DecoderConfig
+from genir import index as index_module
+from genir.decoder.model import CodeDecoder, DecoderConfig
 from genir.decoder.train import SameLabelSampler, TrainConfig
 from genir.eval import metrics as M
 from genir.eval.flat import FlatIndex
-from genir.ids.rq import RQConfig
+from genir.ids.rq import ResidualQuantizer, RQConfig
 from genir.index import GenerativeIndex, IndexConfig, SearchConfig
 from genir.search.beam import constrained_beam_search
 
@@ -47,14 +48,48 @@ def naive_expand(index, leaves, leaf_scores):
     return out
 
 
-def test_expand_matches_naive_loop(built):
+@pytest.mark.parametrize("pad_up_to", [0, 1000], ids=["packed", "padded"])
+def test_expand_matches_naive_loop(built, monkeypatch, pad_up_to):
+    monkeypatch.setattr(index_module, "PAD_LEAVES_UP_TO", pad_up_to)
     index = built[0]
+    assert index._max_leaf > 1   # 500 items on 512 IDs: shared IDs
     leaves = torch.tensor([[3, 0, -1], [1, 2, 5]])
     scores = torch.tensor([[-0.1, -0.5, float("-inf")], [-1.0, -2.0, -3.0]])
     cand, cand_scores = index._expand(leaves, scores)
     for q, ref in enumerate(naive_expand(index, leaves, scores)):
         got = [(int(i), float(s)) for i, s in zip(cand[q], cand_scores[q], strict=True) if i >= 0]
         assert got == [(i, pytest.approx(s)) for i, s in ref]
+
+
+def test_padded_and_packed_expansion_give_the_same_results(built, monkeypatch):
+    index, *_, q, _ = built
+    for rerank in (False, True):
+        got = []
+        for pad_up_to in (0, 1000):
+            monkeypatch.setattr(index_module, "PAD_LEAVES_UP_TO", pad_up_to)
+            got.append(index.search(q, 20, rerank=rerank))
+        assert np.array_equal(got[0][1], got[1][1]) and np.array_equal(got[0][0], got[1][0])
+
+
+def test_unique_ids_skip_the_sort_with_the_same_results():
+    """One item per ID: search takes the beam's order as is; forcing the sorted path (as if
+    an ID held two items) must not change a result."""
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(300, 16)).astype(np.float32)
+    codes = rng.integers(64, size=(300, 3))
+    torch.manual_seed(0)
+    decoder = CodeDecoder(DecoderConfig(query_dim=16, codebook_sizes=(64,) * 3, d_model=32,
+                                        num_heads=2)).eval()
+    index = GenerativeIndex(tokenizer=ResidualQuantizer(RQConfig(num_levels=3, codebook_size=64)),
+                            decoder=decoder, item_emb=emb, codes=codes,
+                            item_ids=[str(i) for i in range(300)], config=IndexConfig())
+    assert index._max_leaf == 1 and index.table.num_ids == 300
+    q = rng.normal(size=(9, 16)).astype(np.float32)
+    fast = index.search(q, 10, beam_size=12)
+    index._max_leaf = 2
+    slow = index.search(q, 10, beam_size=12)
+    assert np.array_equal(fast[1], slow[1]) and np.array_equal(fast[0], slow[0])
+    assert (fast[1] >= 0).all() and (np.diff(fast[0], axis=1) <= 0).all()
 
 
 def test_search_returns_valid_sorted_results_and_learns_classes(built):

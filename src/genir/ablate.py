@@ -41,6 +41,9 @@ from genir.io import atomic_write_bytes, atomic_write_json
 
 STUDIES = ("identifiers", "length", "codebook", "beam", "avg", "fresh", "queryaug", "genius",
            "querypath", "tower")
+# run only when named (--study decoder): the T5-small-sized build alone takes longer on two
+# CPU cores than the whole quick run of the others
+EXTRA_STUDIES = ("decoder",)
 PATCH_IMAGE_SIZE = 128   # query images for the patch path: a 4x4 grid of EfficientNet cells
 TOKEN_CHANNELS = 128     # PCA width of patch and word-piece tokens
 MAX_TEXT_TOKENS = 32
@@ -617,10 +620,57 @@ def _tuned_patch_trial(d: Data, scale: Scale, st: Study, curves: dict[str, list[
     return grid
 
 
+# T5-small's decoder: 6 layers, d 512, 8 heads, FF 2,048; 30 prefix vectors as in GENIUS
+T5_SMALL: dict[str, Any] = {"decoder.d_model": 512, "decoder.num_layers": 6,
+                            "decoder.num_heads": 8, "decoder.num_prefix": 30}
+
+
+def study_decoder(d: Data, scale: Scale) -> Study:
+    """Issue 6: the default decoder against a T5-small-sized one (6 layers, d = 512, 8
+    heads, FF 2,048, 30 prefix vectors as in GENIUS) on the default task set-up (tuned tower,
+    RQ IDs, same pairs and steps), with the queries/s of each at batch 32."""
+    st = Study("decoder", "GENIUS and IRGen decode with T5-small-sized or larger decoders; "
+               "genir's default is 2 layers of d = 128 (issue 6: report the quality of both "
+               "sizes)", [f"P@{k}" for k in FMNIST_KS] + [f"R@{k}" for k in FMNIST_KS])
+    data = d.fmnist_tuned
+    curves = {}
+    sizes: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("default decoder (d 128, 2 layers, 4 prefix)", {}),
+        ("T5-small-sized decoder (d 512, 6 layers, 30 prefix)", T5_SMALL))
+    for name, overrides in sizes:
+        index, secs = _shared_build(d, data, config_for("fashion-mnist", scale, **overrides))
+        m, hits = _score(data, index)
+        curves[name] = _p_at_k_curve(hits)
+        st.rows.append({"setting": name, "metrics": m, "build_s": secs,
+                        "parameters": sum(p.numel() for p in index.decoder.parameters()),
+                        "qps_batch32": _queries_per_second(index, data.query_emb)})
+    small, big = st.rows
+    st.verdict = (f"P@10 {small['metrics']['P@10']:.3f} (default) vs "
+                  f"{big['metrics']['P@10']:.3f} (T5-small-sized), "
+                  f"{small['parameters'] / 1e6:.1f}M vs {big['parameters'] / 1e6:.1f}M decoder "
+                  f"weights, {small['qps_batch32']:.0f} vs {big['qps_batch32']:.0f} queries/s at "
+                  f"batch 32 and beam {index.config.search.beam_size}; training took "
+                  f"{small['build_s']:.0f} s vs {big['build_s']:.0f} s (index build).")
+    st.plot = _plot_curves(curves, "K", "precision@K", "Decoder size: precision@K (Fashion-MNIST)")
+    return st
+
+
+def _queries_per_second(index: GenerativeIndex, queries: np.ndarray, batch: int = 32) -> float:
+    """Search throughput at `batch` queries per call, the faster of two passes."""
+    best = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for start in range(0, len(queries), batch):
+            index.search(queries[start:start + batch], 10)
+        best = max(best, len(queries) / (time.perf_counter() - t0))
+    return best
+
+
 STUDY_FNS: dict[str, Callable[[Data, Scale], Study]] = {
     "identifiers": study_identifiers, "length": study_length, "codebook": study_codebook,
     "beam": study_beam, "avg": study_avg, "fresh": study_fresh, "queryaug": study_queryaug,
-    "genius": study_genius, "querypath": study_querypath, "tower": study_tower}
+    "genius": study_genius, "querypath": study_querypath, "tower": study_tower,
+    "decoder": study_decoder}
 
 
 # ------------------------------------------------------------------ plots
@@ -674,7 +724,8 @@ def run(out: Path, *, quick: bool = False, studies: Sequence[str] = STUDIES,
     in parts (`--study identifiers`, then `--study length`...)."""
     unknown = [s for s in studies if s not in STUDY_FNS]
     if unknown:
-        raise ValueError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
+        raise ValueError(f"unknown studies {unknown}; choose from "
+                         f"{', '.join(STUDIES + EXTRA_STUDIES)}")
     scale = Scale.of(quick)
     data = Data(scale, cache or EmbeddingCache(), progress)
     summary = _previous(out, quick)
@@ -708,7 +759,8 @@ def _previous(out: Path, quick: bool) -> dict[str, Any]:
 
 
 def _write_summary(out: Path, summary: dict[str, Any], quick: bool, scale: Scale) -> None:
-    studies = {name: summary["studies"][name] for name in STUDIES if name in summary["studies"]}
+    studies = {name: summary["studies"][name] for name in STUDIES + EXTRA_STUDIES
+               if name in summary["studies"]}
     summary["studies"] = studies
     summary["scale"] = scale.__dict__
     summary["seconds"] = sum(v["seconds"] for v in studies.values())
@@ -716,8 +768,11 @@ def _write_summary(out: Path, summary: dict[str, Any], quick: bool, scale: Scale
     flag = " --quick" if quick else ""
     lines = [f"# Ablations ({'quick' if quick else 'full'} run)", "",
              f"Command: `genir ablate{flag} --out {out}` (studies may be run in parts with "
-             f"`--study NAME`); {summary['seconds']:.0f} s of study time on this machine "
-             f"(2-core CPU). Scale: {scale.__dict__}.", ""]
+             f"`--study NAME`); {_seconds(studies, STUDIES):.0f} s of study time on this "
+             f"machine (2-core CPU)" + "".join(
+                 f"; `--study {name}`, run only when named: {_seconds(studies, (name,)):.0f} s"
+                 for name in EXTRA_STUDIES if name in studies)
+             + f". Scale: {scale.__dict__}.", ""]
     for name, v in studies.items():
         lines += [f"## {name}", "", f"Paper: {v['paper']}.", "", v["table"], "", v["verdict"],
                   "", f"({v['seconds']:.0f} s)", ""]
@@ -726,6 +781,10 @@ def _write_summary(out: Path, summary: dict[str, Any], quick: bool, scale: Scale
         for extra in v.get("extra_plots", []):
             lines += [f"![{name} {extra}]({name}-{extra}.png)", ""]
     atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())
+
+
+def _seconds(studies: dict[str, Any], names: Sequence[str]) -> float:
+    return sum(studies[n]["seconds"] for n in names if n in studies)
 
 
 def _write(out: Path, st: Study) -> None:
@@ -750,4 +809,4 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-__all__ = ["STUDIES", "Study", "run"]
+__all__ = ["EXTRA_STUDIES", "STUDIES", "Study", "run"]

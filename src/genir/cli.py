@@ -323,7 +323,8 @@ def ablate(out: Annotated[Path, typer.Option(help="folder for tables, JSON and p
            quick: Annotated[bool, typer.Option("--quick", help="small galleries and few steps "
                                                "(minutes, not hours)")] = False,
            study: Annotated[list[str] | None, typer.Option(
-               "--study", help="run only these studies (repeat the option); default: all")] = None,
+               "--study", help="run only these studies (repeat the option); default: all but "
+               "decoder (T5-small-sized decoder vs the default, long on CPU)")] = None,
            cache_dir: CacheOpt = None, progress: ProgressOpt = False) -> None:
     """Re-run the papers' ablation tables on the bundled data (genir ablate --quick)."""
     from genir import ablate as ablations

@@ -189,38 +189,79 @@ class CodeDecoder(nn.Module):
 
 
 class DecoderSession:
-    """Incremental decoding state for beam search (see `genir.search.beam`)."""
+    """Incremental decoding state for beam search (see `genir.search.beam`).
+
+    The same function as `CodeDecoder.forward`, laid out for decoding speed (the teacher-
+    forced forward pass is its reference in tests/search/test_beam.py): rows stay 2-D
+    (Q * beams, d); each block's self-attention query, key and value come from one fused
+    projection with the attention scale folded in; the cache holds a block's keys and values
+    side by side, (rows, H, t, 2 hd), so one gather re-orders it and one concatenation grows
+    it; attention is two batched matmuls and a softmax, which for a handful of keys per row
+    costs a fraction of `scaled_dot_product_attention`'s CPU kernel.
+    """
 
     def __init__(self, model: CodeDecoder, query: torch.Tensor) -> None:
         self.model = model
+        cfg = model.config
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
+        self.scale = self.head_dim ** -0.5
         self.blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
         self.num_queries = query.shape[0]
-        mem, self.memory_mask = model.memory(query)
+        mem, mask = model.memory(query)
+        # (Q, 1, N, 1): broadcast over heads and beams
+        self.memory_mask = None if mask is None else mask[:, None, :, None]
         # cross-attention K/V once per query: (Q, H, N, hd), shared by the query's beams
         self.memory_kv = [blk.cross_attn.keys_values(mem) for blk in self.blocks]
-        self.self_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        x = model.bos.expand(self.num_queries, 1, -1) + model.pos[0]
+        self.qkv = [self._fused_qkv(blk.self_attn) for blk in self.blocks]
+        self.cross_q = [(blk.cross_attn.q.weight * self.scale, blk.cross_attn.q.bias * self.scale)
+                        for blk in self.blocks]
+        self.cache: list[torch.Tensor] = []   # per block (rows, H, t, 2 hd): keys | values
+        x = model.bos.expand(self.num_queries, -1) + model.pos[0]
         self.hidden = self._step(x, beams=1)
 
+    def _fused_qkv(self, attn: Attention) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (3d, d) projection for a block's self-attention: the query rows pre-scaled by
+        1/sqrt(hd), then per head its key rows and its value rows, so the output's last 2d
+        columns are already the cache's (H, 2 hd) layout."""
+        h, hd, d = self.num_heads, self.head_dim, self.model.config.d_model
+        k_w, v_w = attn.kv.weight.view(2, h, hd, d)
+        k_b, v_b = attn.kv.bias.view(2, h, hd)
+        w = torch.cat([attn.q.weight * self.scale, torch.stack([k_w, v_w], 1).reshape(2 * d, d)])
+        b = torch.cat([attn.q.bias * self.scale, torch.stack([k_b, v_b], 1).reshape(2 * d)])
+        return w, b
+
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q (..., T, hd), already scaled, over k, v (..., S, hd) -> (..., T, hd); mask
+        broadcast to (..., S, T), True = keep. The scores are laid out (S, T), keys first:
+        a softmax over a short last axis (S is 1-30) is ~3x slower on CPU than over the
+        second-to-last one, and the second product reads the transpose for free."""
+        s = torch.matmul(k, q.transpose(-1, -2))
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        return torch.matmul(s.softmax(-2).transpose(-1, -2), v)
+
     def _step(self, x: torch.Tensor, beams: int) -> torch.Tensor:
-        """x (Q * beams, 1, d) new tokens -> (Q * beams, d) final hidden; grows the cache."""
-        q = self.num_queries
+        """x (Q * beams, d) new tokens -> (Q * beams, d) final hidden; grows the cache."""
+        q, h, hd = self.num_queries, self.num_heads, self.head_dim
+        rows, d = x.shape
         new_cache = []
         for i, blk in enumerate(self.blocks):
-            h = blk.ln_self(x)
-            k, v = blk.self_attn.keys_values(h)
-            if self.self_kv:
-                pk, pv = self.self_kv[i]
-                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
-            new_cache.append((k, v))
-            x = x + blk.self_attn.attend(h, k, v)
-            # cross-attention: view beams as extra query positions of the same query
-            hc = blk.ln_cross(x).view(q, beams, -1)
-            x = x + blk.cross_attn.attend(hc, *self.memory_kv[i],
-                                          mask=self.memory_mask).view(q * beams, 1, -1)
+            qkv = F.linear(blk.ln_self(x), *self.qkv[i])                  # (rows, 3d)
+            kv = qkv[:, d:].view(rows, h, 1, 2 * hd)
+            if self.cache:
+                kv = torch.cat([self.cache[i], kv], 2)
+            new_cache.append(kv)
+            y = self._attend(qkv[:, :d].view(rows, h, 1, hd), kv[..., :hd], kv[..., hd:])
+            x = x + blk.self_attn.out(y.view(rows, d))
+            # cross-attention: the beams are extra query positions of the same query
+            hc = F.linear(blk.ln_cross(x), *self.cross_q[i]).view(q, beams, h, hd).transpose(1, 2)
+            y = self._attend(hc, *self.memory_kv[i], self.memory_mask)    # (Q, H, beams, hd)
+            x = x + blk.cross_attn.out(y.transpose(1, 2).reshape(rows, d))
             x = x + blk.mlp(blk.ln_mlp(x))
-        self.self_kv = new_cache
-        return self.model.ln_f(x[:, 0])
+        self.cache = new_cache
+        return self.model.ln_f(x)
 
     def log_probs(self, level: int) -> torch.Tensor:
         return self.model.heads[level](self.hidden).float().log_softmax(-1)
@@ -229,8 +270,8 @@ class DecoderSession:
         q, beams = codes.shape
         width = self.hidden.shape[0] // q
         rows = (parent + torch.arange(q)[:, None] * width).view(-1)  # (Q * beams,)
-        self.self_kv = [(k[rows], v[rows]) for k, v in self.self_kv]
-        x = self.model.code_emb[level](codes.reshape(-1, 1)) + self.model.pos[level + 1]
+        self.cache = [c.index_select(0, rows) for c in self.cache]
+        x = self.model.code_emb[level](codes.reshape(-1)) + self.model.pos[level + 1]
         self.hidden = self._step(x, beams)
 
 
