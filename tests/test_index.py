@@ -71,9 +71,9 @@ def test_padded_and_packed_expansion_give_the_same_results(built, monkeypatch):
         assert np.array_equal(got[0][1], got[1][1]) and np.array_equal(got[0][0], got[1][0])
 
 
-def test_unique_ids_skip_the_sort_with_the_same_results():
-    """One item per ID: search takes the beam's order as is; forcing the sorted path (as if
-    an ID held two items) must not change a result."""
+def test_unique_ids_skip_the_sort_with_the_same_results(monkeypatch):
+    """One item per ID: search takes the beam's order as is; the packed expansion and the
+    final sort (the general path, forced as if an ID held two items) give the same result."""
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(300, 16)).astype(np.float32)
     codes = rng.integers(64, size=(300, 3))
@@ -87,6 +87,7 @@ def test_unique_ids_skip_the_sort_with_the_same_results():
     q = rng.normal(size=(9, 16)).astype(np.float32)
     fast = index.search(q, 10, beam_size=12)
     index._max_leaf = 2
+    monkeypatch.setattr(index_module, "PAD_LEAVES_UP_TO", 0)
     slow = index.search(q, 10, beam_size=12)
     assert np.array_equal(fast[1], slow[1]) and np.array_equal(fast[0], slow[0])
     assert (fast[1] >= 0).all() and (np.diff(fast[0], axis=1) <= 0).all()

@@ -148,7 +148,7 @@ class GenerativeIndex:
         self._offsets_t = torch.from_numpy(self.table.offsets)
         # most items behind one ID: 1 (every ID unique) lets search skip the expansion and
         # the final sort; a few lets _expand pad every leaf to that many slots
-        self._max_leaf = int(np.diff(self.table.offsets).max()) if len(self.table.items) else 0
+        self._max_leaf = self.table.max_items_per_id
         self._row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
 
     # ------------------------------------------------------------ add / remove

@@ -86,18 +86,44 @@ def test_beam_results_do_not_depend_on_batch_size():
     torch.testing.assert_close(all_at_once[1], torch.cat([r[1] for r in one_by_one]))
 
 
-@pytest.mark.parametrize("query_tokens", [0, 3])   # pooled prefix; 3 tokens, some padded
-def test_incremental_decoding_matches_teacher_forcing(query_tokens):
-    model = tiny_decoder(query_tokens=query_tokens)
-    queries = token_queries(4, 7) if query_tokens else torch.randn(4, 6)
+def assert_session_matches_teacher_forcing(model, queries):
     codes = torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2], [2, 2, 3]])
-    logits = model(queries, codes)
+    with torch.no_grad():
+        logits = model(queries, codes)
     session = model.session(queries)
     for level in range(3):
         torch.testing.assert_close(session.log_probs(level), logits[level].log_softmax(-1),
                                    atol=1e-5, rtol=1e-5)
         if level < 2:
             session.advance(level, codes[:, level:level + 1], torch.zeros(4, 1, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("query_tokens", [0, 3])   # pooled prefix; 3 tokens, some padded
+def test_incremental_decoding_matches_teacher_forcing(query_tokens):
+    model = tiny_decoder(query_tokens=query_tokens)
+    queries = token_queries(4, 7) if query_tokens else torch.randn(4, 6)
+    assert_session_matches_teacher_forcing(model, queries)
+
+
+def test_cached_decoding_weights_follow_in_place_updates():
+    """The session's fused projections are cached on the model; an optimiser step and
+    load_state_dict (both in place) must not leave later sessions on stale weights, and
+    weights first made under inference mode must still serve a session with autograd on."""
+    model = tiny_decoder(seed=4)
+    queries = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
+    assert_session_matches_teacher_forcing(model, queries)
+    assert model.decoding_weights() is model.decoding_weights()     # made once, then reused
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.loss(queries, torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2], [2, 2, 3]])).backward()
+    opt.step()
+    assert_session_matches_teacher_forcing(model, queries)
+    model.load_state_dict(tiny_decoder(seed=5).state_dict())
+    with torch.inference_mode():
+        assert_session_matches_teacher_forcing(model, queries)
+    opt.zero_grad(set_to_none=True)
+    session = model.session(queries)        # autograd on, weights from inference mode
+    session.log_probs(0).sum().backward()
+    assert model.prefix[0].weight.grad is not None
 
 
 @pytest.mark.parametrize("seed,beam", [(0, 3), (1, 5), (2, 8)])

@@ -42,6 +42,10 @@ class IDTable:
     def num_ids(self) -> int:
         return len(self.unique_ids)
 
+    @property
+    def max_items_per_id(self) -> int:
+        return int(np.diff(self.offsets).max()) if len(self.items) else 0
+
     def items_of(self, id_row: int) -> np.ndarray:
         return self.items[self.offsets[id_row]:self.offsets[id_row + 1]]
 
@@ -54,6 +58,6 @@ class IDTable:
             "num_ids": int(len(counts)),
             "colliding_ids": int(shared.sum()),
             "items_in_collisions": int(counts[shared].sum()),
-            "max_items_per_id": int(counts.max()),
+            "max_items_per_id": self.max_items_per_id,
             "mean_items_per_id": float(counts.mean()),
         }
