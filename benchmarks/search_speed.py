@@ -141,6 +141,9 @@ def common_args(doc: str, *, sizes: list[int], batches: list[int], num_queries: 
     ap.add_argument("--codebook-size", type=int, default=256)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--compile", action="store_true",
+                    help="decode through torch.compile (CodeDecoder.compile_decoding); the "
+                         "warm-up searches compile")
     return ap
 
 
@@ -151,7 +154,7 @@ def setup(args: argparse.Namespace
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels)
-    decoder = CodeDecoder(cfg).eval()
+    decoder = CodeDecoder(cfg).eval().compile_decoding(args.compile)
     gflops = matmul_gflops()
     queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)

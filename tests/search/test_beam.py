@@ -185,3 +185,56 @@ def test_dense_levels_take_the_fast_path_and_agree_with_brute_force():
     exact_leaves, exact_scores = brute_force(model, queries, table.unique_ids, table.num_ids)
     assert torch.equal(leaves, exact_leaves)
     torch.testing.assert_close(scores, exact_scores, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow   # inductor compiles C++ for ~5 graphs: 1-2 minutes on 2 cores
+def test_compiled_decoding_equals_eager():
+    """compile_decoding runs the same sessions through torch.compile: the same beams and
+    scores as eager decoding, across batch sizes (shapes turn dynamic), with padded query
+    tokens (the masked cross-attention); sessions made with autograd on stay eager. (The
+    pooled-query path is the same code without the mask.)"""
+    rng = np.random.default_rng(3)
+    table = IDTable.from_codes(rng.integers([4, 3, 5], size=(30, 3)))
+    trie = CodeTrie.from_unique_ids(table.unique_ids)
+    model = tiny_decoder(seed=6, query_tokens=3)
+    for n in (5, 3):
+        queries = token_queries(n, n)
+        with torch.inference_mode():
+            eager = constrained_beam_search(model.session(queries), trie, num_queries=n,
+                                            beam_size=6)
+            model.compile_decoding()
+            session = model.session(queries)
+            assert session.compiled
+            compiled = constrained_beam_search(session, trie, num_queries=n, beam_size=6)
+            model.compile_decoding(False)
+        assert torch.equal(compiled[0], eager[0])
+        torch.testing.assert_close(compiled[1], eager[1], atol=1e-5, rtol=1e-5)
+    model.compile_decoding()
+    assert not model.session(queries).compiled    # autograd on: eager
+
+
+def test_compiled_decoding_failure_names_the_way_out(monkeypatch):
+    """A compile failure (e.g. no C++ compiler) surfaces at the first search as an error
+    that says what failed and how to decode without compiling."""
+    import genir.decoder.model as model_mod
+
+    def broken(*args):
+        raise OSError("no compiler")
+
+    monkeypatch.setattr(model_mod, "_COMPILED", (broken, broken))
+    model = tiny_decoder().compile_decoding()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="compile_decoding\\(False\\)"):
+        model.session(torch.randn(2, 6))
+    with torch.inference_mode():
+        assert not model.compile_decoding(False).session(torch.randn(2, 6)).compiled
+
+
+def test_session_refuses_levels_out_of_order():
+    model = tiny_decoder()
+    with torch.inference_mode():
+        session = model.session(torch.randn(2, 6))
+        with pytest.raises(ValueError, match="at level 0"):
+            session.log_probs(1)
+        with pytest.raises(ValueError, match="at level 0"):
+            session.advance(1, torch.zeros(2, 1, dtype=torch.int64),
+                            torch.zeros(2, 1, dtype=torch.int64))

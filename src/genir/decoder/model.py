@@ -142,6 +142,7 @@ class CodeDecoder(nn.Module):
             nn.init.normal_(p, std=0.02)
         # decoding_weights' cache: (parameter versions, weights)
         self._decoding: tuple[tuple, list[tuple[torch.Tensor, ...]]] | None = None
+        self.compiled_decoding = False  # see compile_decoding
 
     def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
@@ -189,6 +190,16 @@ class CodeDecoder(nn.Module):
     def session(self, query: torch.Tensor) -> DecoderSession:
         return DecoderSession(self, query)
 
+    def compile_decoding(self, enabled: bool = True) -> CodeDecoder:
+        """Run search sessions (those made with autograd off) through `torch.compile`.
+        The first searches compile (on 2 CPU cores: ~1 min for the first, 35-50 s for each
+        new beam or batch size until shapes turn dynamic; seconds per graph once inductor's
+        on-disk cache holds them); later batched searches ran 1.1-1.3x as fast at batch
+        32, not faster at batch 1 (docs/benchmarks.md). Off by default; needs a C++
+        compiler on CPU. Not saved with the model. Returns the model."""
+        self.compiled_decoding = bool(enabled)
+        return self
+
     def decoding_weights(self) -> list[tuple[torch.Tensor, ...]]:
         """Per block, the projections `DecoderSession` uses: (fused self-attention weight,
         bias, cross-attention query weight, bias). The fused (3d, d) projection holds the
@@ -232,69 +243,134 @@ class DecoderSession:
     cache holds a block's keys and values side by side, (rows, H, t, 2 hd), so one gather
     re-orders it and one concatenation grows it; attention is two batched matmuls and a
     softmax, which for a handful of keys per row costs a fraction of
-    `scaled_dot_product_attention`'s CPU kernel.
+    `scaled_dot_product_attention`'s CPU kernel. Each level's work (cache gather, code
+    embedding, the blocks, the level's head and log-softmax) is one function call, run
+    through `torch.compile` when the model asked for it (`CodeDecoder.compile_decoding`)
+    and autograd is off.
     """
 
     def __init__(self, model: CodeDecoder, query: torch.Tensor) -> None:
         self.model = model
-        cfg = model.config
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
-        self.blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
         self.num_queries = query.shape[0]
         mem, mask = model.memory(query)
         # (Q, 1, N, 1): broadcast over heads and beams
         self.memory_mask = None if mask is None else mask[:, None, :, None]
         # cross-attention K/V once per query: (Q, H, N, hd), shared by the query's beams
-        self.memory_kv = [blk.cross_attn.keys_values(mem) for blk in self.blocks]
+        self.memory_kv = [blk.cross_attn.keys_values(mem)  # type: ignore[union-attr,operator]
+                          for blk in model.blocks]
         self.weights = model.decoding_weights()
-        self.cache: list[torch.Tensor] = []   # per block (rows, H, t, 2 hd): keys | values
-        x = model.bos.expand(self.num_queries, -1) + model.pos[0]
-        self.hidden = self._step(x, beams=1)
-
-    @staticmethod
-    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """q (..., T, hd), already scaled, over k, v (..., S, hd) -> (..., T, hd); mask
-        broadcast to (..., S, T), True = keep. The scores are laid out (S, T), keys first:
-        a softmax over a short last axis (S is 1-30) is ~3x slower on CPU than over the
-        second-to-last one, and the second product reads the transpose for free."""
-        s = torch.matmul(k, q.transpose(-1, -2))
-        if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
-        return torch.matmul(s.softmax(-2).transpose(-1, -2), v)
-
-    def _step(self, x: torch.Tensor, beams: int) -> torch.Tensor:
-        """x (Q * beams, d) new tokens -> (Q * beams, d) final hidden; grows the cache."""
-        q, h, hd = self.num_queries, self.num_heads, self.head_dim
-        rows, d = x.shape
-        new_cache = []
-        for i, blk in enumerate(self.blocks):
-            qkv_w, qkv_b, cross_w, cross_b = self.weights[i]
-            qkv = F.linear(blk.ln_self(x), qkv_w, qkv_b)                  # (rows, 3d)
-            kv = qkv[:, d:].view(rows, h, 1, 2 * hd)
-            if self.cache:
-                kv = torch.cat([self.cache[i], kv], 2)
-            new_cache.append(kv)
-            y = self._attend(qkv[:, :d].view(rows, h, 1, hd), kv[..., :hd], kv[..., hd:])
-            x = x + blk.self_attn.out(y.view(rows, d))
-            # cross-attention: the beams are extra query positions of the same query
-            hc = F.linear(blk.ln_cross(x), cross_w, cross_b).view(q, beams, h, hd).transpose(1, 2)
-            y = self._attend(hc, *self.memory_kv[i], self.memory_mask)    # (Q, H, beams, hd)
-            x = x + blk.cross_attn.out(y.transpose(1, 2).reshape(rows, d))
-            x = x + blk.mlp(blk.ln_mlp(x))
-        self.cache = new_cache
-        return self.model.ln_f(x)
+        self.compiled = model.compiled_decoding and not torch.is_grad_enabled()
+        start, self._advance = (_compiled_steps() if self.compiled else (_start, _advance))
+        self.level = 0
+        # per block (rows, H, t, 2 hd): keys | values of the codes fed so far
+        self.cache, self.logp = _run(start, model, self.weights, self.memory_kv,
+                                     self.memory_mask, self.num_queries)
 
     def log_probs(self, level: int) -> torch.Tensor:
-        return self.model.heads[level](self.hidden).float().log_softmax(-1)
+        if level != self.level:
+            raise ValueError(f"the session is at level {self.level}, asked for {level}")
+        return self.logp
 
     def advance(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        if level != self.level:
+            raise ValueError(f"the session is at level {self.level}, asked to feed {level}")
         q, beams = codes.shape
-        width = self.hidden.shape[0] // q
+        width = self.logp.shape[0] // q
         rows = (parent + torch.arange(q)[:, None] * width).view(-1)  # (Q * beams,)
-        self.cache = [c.index_select(0, rows) for c in self.cache]
-        x = self.model.code_emb[level](codes.reshape(-1)) + self.model.pos[level + 1]
-        self.hidden = self._step(x, beams)
+        self.cache, self.logp = _run(self._advance, self.model, self.weights, self.memory_kv,
+                                     self.memory_mask, self.cache, codes.reshape(-1), rows, q,
+                                     beams, level)
+        self.level = level + 1
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q (..., T, hd), already scaled, over k, v (..., S, hd) -> (..., T, hd); mask
+    broadcast to (..., S, T), True = keep. The scores are laid out (S, T), keys first:
+    a softmax over a short last axis (S is 1-30) is ~3x slower on CPU than over the
+    second-to-last one, and the second product reads the transpose for free."""
+    s = torch.matmul(k, q.transpose(-1, -2))
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.matmul(s.softmax(-2).transpose(-1, -2), v)
+
+
+def _level(model: CodeDecoder, weights: list[tuple[torch.Tensor, ...]],
+           memory_kv: list[tuple[torch.Tensor, torch.Tensor]], memory_mask: torch.Tensor | None,
+           cache: list[torch.Tensor] | None, x: torch.Tensor, q: int, beams: int, level: int,
+           ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """x (Q * beams, d) tokens of position `level` -> (the cache grown by them,
+    log-probabilities of the level's next code (Q * beams, K_level))."""
+    h = model.config.num_heads
+    rows, d = x.shape
+    hd = d // h
+    new_cache = []
+    blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
+    for i, blk in enumerate(blocks):
+        qkv_w, qkv_b, cross_w, cross_b = weights[i]
+        qkv = F.linear(blk.ln_self(x), qkv_w, qkv_b)                         # (rows, 3d)
+        kv = qkv[:, d:].view(rows, h, 1, 2 * hd)
+        if cache is not None:
+            kv = torch.cat([cache[i], kv], 2)
+        new_cache.append(kv)
+        y = _attend(qkv[:, :d].view(rows, h, 1, hd), kv[..., :hd], kv[..., hd:])
+        x = x + blk.self_attn.out(y.view(rows, d))
+        # cross-attention: the beams are extra query positions of the same query
+        hc = F.linear(blk.ln_cross(x), cross_w, cross_b).view(q, beams, h, hd).transpose(1, 2)
+        y = _attend(hc, *memory_kv[i], memory_mask)                           # (Q, H, beams, hd)
+        x = x + blk.cross_attn.out(y.transpose(1, 2).reshape(rows, d))
+        x = x + blk.mlp(blk.ln_mlp(x))
+    return new_cache, model.heads[level](model.ln_f(x)).float().log_softmax(-1)
+
+
+def _start(model: CodeDecoder, weights: list[tuple[torch.Tensor, ...]],
+           memory_kv: list[tuple[torch.Tensor, torch.Tensor]], memory_mask: torch.Tensor | None,
+           q: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """BOS for every query -> the first cache and level 0's log-probabilities."""
+    x = model.bos.expand(q, -1) + model.pos[0]
+    return _level(model, weights, memory_kv, memory_mask, None, x, q, 1, 0)
+
+
+def _advance(model: CodeDecoder, weights: list[tuple[torch.Tensor, ...]],
+             memory_kv: list[tuple[torch.Tensor, torch.Tensor]], memory_mask: torch.Tensor | None,
+             cache: list[torch.Tensor], codes: torch.Tensor, rows: torch.Tensor, q: int,
+             beams: int, level: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Keep the cache rows of the surviving beams, feed their `level` codes (Q * beams,)
+    -> the grown cache and level + 1's log-probabilities."""
+    cache = [c.index_select(0, rows) for c in cache]
+    x = model.code_emb[level](codes) + model.pos[level + 1]
+    return _level(model, weights, memory_kv, memory_mask, cache, x, q, beams, level + 1)
+
+
+_COMPILED: tuple | None = None
+# graphs one compiled function may keep: a search specialises `_advance` per level (its
+# cache length), then per batch shape (static, then dynamic, size-1 cases), which passes
+# dynamo's default of 8 and would drop later calls back to eager without a word
+RECOMPILE_LIMIT = 64
+
+
+def _compiled_steps() -> tuple:
+    """`_start` and `_advance` through torch.compile (inductor), made once per process.
+    Shapes start static and turn dynamic when they change (a new batch size or beam), so a
+    search compiles a handful of graphs, then reuses them."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = (torch.compile(_start), torch.compile(_advance))
+    return _COMPILED
+
+
+def _run(fn, *args):  # type: ignore[no-untyped-def]
+    if fn in (_start, _advance):
+        return fn(*args)
+    import torch._dynamo
+
+    try:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return fn(*args)
+    except Exception as exc:  # a compile failure surfaces at the first call
+        raise RuntimeError(f"compiled decoding failed ({type(exc).__name__}: {exc}); torch."
+                           "compile needs a working C++ compiler on CPU. Call "
+                           "compile_decoding(False) to decode without it") from exc
 
 
 def voken_projection(in_dim: int, out_dim: int, *, seed: int = 0) -> torch.Tensor:
