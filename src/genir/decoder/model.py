@@ -194,7 +194,7 @@ class CodeDecoder(nn.Module):
         """Run search sessions (those made with autograd off) through `torch.compile`.
         The first searches compile (on 2 CPU cores: ~1 min for the first, 35-50 s for each
         new beam or batch size until shapes turn dynamic; seconds per graph once inductor's
-        on-disk cache holds them); later batched searches ran 1.1-1.3x as fast at batch
+        on-disk cache holds them); later batched searches ran 1.07-1.39x as fast at batch
         32, not faster at batch 1 (docs/benchmarks.md). Off by default; needs a C++
         compiler on CPU. Not saved with the model. Returns the model."""
         self.compiled_decoding = bool(enabled)
@@ -344,29 +344,30 @@ def _advance(model: CodeDecoder, weights: list[tuple[torch.Tensor, ...]],
 
 _COMPILED: tuple | None = None
 # graphs one compiled function may keep: a search specialises `_advance` per level (its
-# cache length), then per batch shape (static, then dynamic, size-1 cases), which passes
-# dynamo's default of 8 and would drop later calls back to eager without a word
+# cache length), then per batch shape (static, then dynamic, size-1 cases); dynamo's
+# default of 8 was passed by 3 levels x 2 beams x 2 batch sizes and, without fullgraph,
+# would drop later calls back to eager without a word
 RECOMPILE_LIMIT = 64
 
 
 def _compiled_steps() -> tuple:
     """`_start` and `_advance` through torch.compile (inductor), made once per process.
     Shapes start static and turn dynamic when they change (a new batch size or beam), so a
-    search compiles a handful of graphs, then reuses them."""
+    search compiles a handful of graphs, then reuses them. fullgraph: each level is one
+    graph, and passing the limit raises instead of falling back to eager."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = (torch.compile(_start), torch.compile(_advance))
+        _COMPILED = tuple(torch.compile(fn, fullgraph=True,  # type: ignore[call-overload]
+                                        recompile_limit=RECOMPILE_LIMIT)
+                          for fn in (_start, _advance))
     return _COMPILED
 
 
 def _run(fn, *args):  # type: ignore[no-untyped-def]
     if fn in (_start, _advance):
         return fn(*args)
-    import torch._dynamo
-
     try:
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return fn(*args)
+        return fn(*args)
     except Exception as exc:  # a compile failure surfaces at the first call
         raise RuntimeError(f"compiled decoding failed ({type(exc).__name__}: {exc}); torch."
                            "compile needs a working C++ compiler on CPU. Call "
