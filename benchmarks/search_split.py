@@ -13,7 +13,8 @@ targets: loop + expand <= 10% of the query time; the decoder's FLOPs per query (
 beam and ID length) at the measured rate >= 70% of the 1024^3 matmul peak measured right
 after each pass ("peak" column; "gemm": against the decoder's own matrix products run
 bare, the limit for matrices this small; "dec": the same over the decoder's own time, the
-model share; medians over the passes); queries/s at the largest N >= 0.9x the smallest, timed in alternation.
+model share; medians over the passes); queries/s at the largest N >= 0.9x the smallest,
+timed in alternation.
 With --compile the decoder runs through torch.compile (the warm-up search of each setting
 compiles) and the compiled / eager queries/s ratio is timed in alternation at the smallest N.
 Prints a table and writes JSON.
@@ -66,7 +67,7 @@ def split_search(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: i
     limits: after every pass the 1024^3 matmul rate and the rate of the decoder's own matrix
     products run bare are measured, each pass's fractions computed against the limits
     measured right after it, and the median over passes kept (a limit measured minutes apart
-    from the search moved these fractions between 20% and 80% in one run)."""
+    from the search put one setting at 75% of the 1024^3 rate and the rest at 19-36%)."""
     cfg = index.decoder.config
     flops = decoder_flops_per_query(cfg, beam)
     runs = []

@@ -221,7 +221,9 @@ def test_compiled_decoding_failure_names_the_way_out(monkeypatch):
     def broken(*args):
         raise OSError("no compiler")
 
-    monkeypatch.setattr(model_mod, "_COMPILED", (broken, broken))
+    # what torch.compile hands back when inductor cannot build: fails at the first call
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: broken)
+    monkeypatch.setattr(model_mod, "_COMPILED", None)
     model = tiny_decoder().compile_decoding()
     with torch.inference_mode(), pytest.raises(RuntimeError, match="compile_decoding\\(False\\)"):
         model.session(torch.randn(2, 6))

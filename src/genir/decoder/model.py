@@ -263,8 +263,8 @@ class DecoderSession:
         start, self._advance = (_compiled_steps() if self.compiled else (_start, _advance))
         self.level = 0
         # per block (rows, H, t, 2 hd): keys | values of the codes fed so far
-        self.cache, self.logp = _run(start, model, self.weights, self.memory_kv,
-                                     self.memory_mask, self.num_queries)
+        self.cache, self.logp = start(model, self.weights, self.memory_kv, self.memory_mask,
+                                      self.num_queries)
 
     def log_probs(self, level: int) -> torch.Tensor:
         if level != self.level:
@@ -277,9 +277,9 @@ class DecoderSession:
         q, beams = codes.shape
         width = self.logp.shape[0] // q
         rows = (parent + torch.arange(q)[:, None] * width).view(-1)  # (Q * beams,)
-        self.cache, self.logp = _run(self._advance, self.model, self.weights, self.memory_kv,
-                                     self.memory_mask, self.cache, codes.reshape(-1), rows, q,
-                                     beams, level)
+        self.cache, self.logp = self._advance(self.model, self.weights, self.memory_kv,
+                                              self.memory_mask, self.cache, codes.reshape(-1),
+                                              rows, q, beams, level)
         self.level = level + 1
 
 
@@ -357,21 +357,21 @@ def _compiled_steps() -> tuple:
     graph, and passing the limit raises instead of falling back to eager."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = tuple(torch.compile(fn, fullgraph=True,  # type: ignore[call-overload]
-                                        recompile_limit=RECOMPILE_LIMIT)
-                          for fn in (_start, _advance))
+        _COMPILED = tuple(_explain_failures(torch.compile(  # type: ignore[call-overload]
+            fn, fullgraph=True, recompile_limit=RECOMPILE_LIMIT)) for fn in (_start, _advance))
     return _COMPILED
 
 
-def _run(fn, *args):  # type: ignore[no-untyped-def]
-    if fn in (_start, _advance):
-        return fn(*args)
-    try:
-        return fn(*args)
-    except Exception as exc:  # a compile failure surfaces at the first call
-        raise RuntimeError(f"compiled decoding failed ({type(exc).__name__}: {exc}); torch."
-                           "compile needs a working C++ compiler on CPU. Call "
-                           "compile_decoding(False) to decode without it") from exc
+def _explain_failures(compiled):  # type: ignore[no-untyped-def]
+    """A compile failure surfaces at the first call: say what failed and the way back."""
+    def call(*args):  # type: ignore[no-untyped-def]
+        try:
+            return compiled(*args)
+        except Exception as exc:
+            raise RuntimeError(f"compiled decoding failed ({type(exc).__name__}: {exc}); "
+                               "torch.compile needs a working C++ compiler on CPU. Call "
+                               "compile_decoding(False) to decode without it") from exc
+    return call
 
 
 def voken_projection(in_dim: int, out_dim: int, *, seed: int = 0) -> torch.Tensor:
