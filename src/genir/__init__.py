@@ -14,12 +14,16 @@ from genir.eval.flat import FlatIndex
 from genir.ids.rq import ResidualQuantizer, RQConfig
 from genir.ids.table import IDTable
 from genir.index import GenerativeIndex, IndexConfig, SearchConfig
+from genir.numerics import flush_denormals
 from genir.search.trie import CodeTrie
+
+# before any torch work, so torch's worker threads inherit it (see genir.numerics)
+flush_denormals()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CodeDecoder", "CodeTrie", "DecoderConfig", "FlatIndex", "GenerativeIndex", "IDTable",
     "IndexConfig", "PairSampler", "RQConfig", "ResidualQuantizer", "SameLabelSampler",
-    "SearchConfig", "TrainConfig", "__version__",
+    "SearchConfig", "TrainConfig", "__version__", "flush_denormals",
 ]

@@ -54,7 +54,7 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
         child, valid = trie.children(level, node)                   # (Q, B, C)
         codes = trie.node_code[level][child]                        # (Q, B, C)
         cand = score[..., None] + logp.gather(2, codes)
-        cand = cand.masked_fill(~valid, float("-inf")).view(q, -1)
+        cand = torch.where(valid, cand, float("-inf")).view(q, -1)
         top = cand.topk(min(beam_size, cand.shape[1]), dim=1)
         parent = top.indices // child.shape[2]
         node = child.view(q, -1).gather(1, top.indices)

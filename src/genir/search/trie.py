@@ -71,10 +71,12 @@ class CodeTrie:
         return len(self.node_code[-1])
 
     def children(self, level: int, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Children at `level` of nodes at `level - 1` (any shape; ignored at level 0).
+        """Children at `level` of nodes at `level - 1` (node ids >= 0, any shape; ignored
+        at level 0).
 
         Returns (child node ids, valid mask), each node.shape + (C,) with C the level's
-        max fan-out; invalid slots hold node id 0.
+        max fan-out; invalid slots hold some node id of the level (in range, so they can be
+        gathered before masking).
         """
         width = self.max_children[level]
         offsets = torch.arange(width)
@@ -82,12 +84,9 @@ class CodeTrie:
             child = offsets.expand(*node.shape, width)
             return child, torch.ones_like(child, dtype=torch.bool)
         starts = self.child_start[level - 1]
-        safe = node.clamp_min(0)
-        first = starts[safe]
-        count = starts[safe + 1] - first
-        valid = offsets < count[..., None]
-        child = torch.where(valid, first[..., None] + offsets, torch.zeros((), dtype=torch.int64))
-        return child, valid
+        slot = starts[node][..., None] + offsets         # CSR slots start .. start + C - 1
+        valid = slot < starts[1:][node][..., None]      # ... of which those before the end
+        return slot.clamp_max(len(self.node_code[level]) - 1), valid
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [*self.node_code, *self.child_start])
