@@ -1,7 +1,7 @@
 """Subnormal floats on the CPU: genir flushes them to zero (FTZ/DAZ), from import on.
 
 Why: on x86 an operation that reads or writes subnormal float32 values (|x| < 1.2e-38)
-takes a microcode assist per value; a matrix product full of them ran ~100x slower here
+takes a microcode assist per value; a 1024^3 matrix product of them ran 150-199x slower here
 (`benchmarks/denormals.py`). Training makes them: once the decoder is confident,
 softmax probabilities below e^-87 (the cross-entropy's gradient, attention weights) are
 subnormal and flow into the backward pass's matrix products. A T5-small-sized decoder
