@@ -9,9 +9,8 @@ threads; `GENIR_KEEP_DENORMALS=1` turns genir's off), one after the other, and t
             (d 512, 6 layers, 30 prefix vectors) at batch 256 with fresh random weights:
             what the flush costs where there is nothing to flush
 Prints the median of the repeats per row and the keep / flush ratio. Not a test. The
-slowdown late in a real training run (a confident decoder's subnormal activations and
-gradients) takes hundreds of steps to appear and is not reproduced here; the measured
-run is in docs/benchmarks/denormals_training.txt.
+slowdown late in a real training run takes hundreds of steps to appear and is not
+reproduced here; the measured run is in docs/benchmarks/denormals_training.txt.
 """
 
 from __future__ import annotations

@@ -2,11 +2,10 @@
 
 Why: on x86 an operation that reads or writes subnormal float32 values (|x| < 1.2e-38)
 takes a microcode assist per value; a 1024^3 matrix product of them ran 150-199x slower here
-(`benchmarks/denormals.py`). Training makes them: once the decoder is confident,
-softmax probabilities below e^-87 (the cross-entropy's gradient, attention weights) are
-subnormal and flow into the backward pass's matrix products. A T5-small-sized decoder
-on Fashion-MNIST slowed from 1.9 s to 9.8 s a step within 275 steps without the flush,
-and stayed near 2 s with it (docs/benchmarks.md). Flushing changes values only below
+(`benchmarks/denormals.py`). Training makes them as it goes on (where in the model was
+not measured): a T5-small-sized decoder on Fashion-MNIST slowed from 1.9 s to 9.8 s a
+step within 275 steps without the flush, and stayed at 1.66-2.28 s with it
+(docs/benchmarks.md). Flushing changes values only below
 1.2e-38, where float32 has already lost most of its precision; TensorFlow runs its
 kernels this way by default, PyTorch does not.
 
