@@ -29,7 +29,7 @@ def measure(repeats: int) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from genir.decoder.model import CodeDecoder, DecoderConfig
+    from genir.decoder.model import T5_SMALL_SIZE, CodeDecoder, DecoderConfig
 
     def median_s(fn, n: int) -> float:
         fn()
@@ -45,7 +45,7 @@ def measure(repeats: int) -> dict[str, float]:
     tiny = a * 1e-39                      # subnormal float32 (|x| < 1.2e-38); 0 under the flush
     out = {"gemm normal": median_s(lambda: a @ b, 5 * repeats),
            "gemm subnormal inputs": median_s(lambda: tiny @ b, repeats)}
-    cfg = DecoderConfig(query_dim=256, d_model=512, num_layers=6, num_heads=8, num_prefix=30)
+    cfg = DecoderConfig(query_dim=256, **T5_SMALL_SIZE)
     query = torch.randn(256, 256, generator=g)
     codes = torch.randint(256, (256, 4), generator=g)
     torch.manual_seed(0)

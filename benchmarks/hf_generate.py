@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from genir.decoder.model import CodeDecoder, DecoderConfig
+from genir.decoder.model import T5_SMALL_SIZE, CodeDecoder, DecoderConfig
 from genir.ids.rq import ResidualQuantizer, RQConfig
 from genir.index import GenerativeIndex, IndexConfig
 from genir.search.reference import allowed_tokens_fn, dict_trie
@@ -95,8 +95,7 @@ def main() -> None:
             unique_ids, levels=args.levels, codebook=args.codebook_size, batch=args.batch,
             beam=args.beam, num_queries=args.num_queries),
         "genir, T5-small-sized decoder (d=512, 6 layers, 30 prefix)": genir_qps(
-            codes, emb, DecoderConfig(query_dim=args.dim, codebook_sizes=sizes, d_model=512,
-                                      num_layers=6, num_heads=8, num_prefix=30),
+            codes, emb, DecoderConfig(query_dim=args.dim, codebook_sizes=sizes, **T5_SMALL_SIZE),
             batch=args.batch, beam=args.beam, num_queries=args.num_queries, k=k),
         "genir, default decoder (d=128, 2 layers, 4 prefix)": genir_qps(
             codes, emb, DecoderConfig(query_dim=args.dim, codebook_sizes=sizes),

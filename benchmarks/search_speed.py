@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genir.decoder.model import CodeDecoder, DecoderConfig
+from genir.decoder.model import T5_SMALL_SIZE, CodeDecoder, DecoderConfig
 from genir.ids.rq import ResidualQuantizer, RQConfig
 from genir.ids.table import IDTable
 from genir.index import GenerativeIndex, IndexConfig
@@ -128,6 +128,9 @@ def faiss_indexes(emb: np.ndarray, hnsw_max: int):
     return out
 
 
+DECODER_SIZES: dict[str, dict[str, int]] = {"default": {}, "t5-small": T5_SMALL_SIZE}
+
+
 def common_args(doc: str, *, sizes: list[int], batches: list[int], num_queries: int,
                 out: str) -> argparse.ArgumentParser:
     """The options both speed benchmarks take (this one and search_split.py)."""
@@ -144,16 +147,20 @@ def common_args(doc: str, *, sizes: list[int], batches: list[int], num_queries: 
     ap.add_argument("--compile", action="store_true",
                     help="decode through torch.compile (CodeDecoder.compile_decoding); the "
                          "warm-up searches compile")
+    ap.add_argument("--decoder", choices=sorted(DECODER_SIZES), default="default",
+                    help="decoder shape: the default (d 128, 2 layers, 4 prefix vectors) or "
+                         "T5-small's (d 512, 6 layers, 8 heads, 30 prefix vectors)")
     return ap
 
 
 def setup(args: argparse.Namespace
           ) -> tuple[DecoderConfig, CodeDecoder, np.ndarray, float, np.random.Generator]:
-    """Seeded random default decoder, unit queries and the machine's matmul rate.
+    """Seeded random decoder (--decoder), unit queries and the machine's matmul rate.
     -> (config, decoder, queries, GFLOP/s, the rng the synthetic corpora draw from next)"""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels)
+    cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels,
+                        **DECODER_SIZES[args.decoder])
     decoder = CodeDecoder(cfg).eval().compile_decoding(args.compile)
     gflops = matmul_gflops()
     queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)

@@ -8,15 +8,16 @@ wrapped in a timer, so each batch's wall time splits into
           the next-code log-probabilities and the cache update for the chosen beams
   loop    everything else in constrained_beam_search: trie children, gathers, top-k, masks
   expand  after the beam search: leaves -> items (collisions), the final sort (and rerank)
-Synthetic codes and a random default decoder, as in search_speed.py (same seeds). Issue 6's
+Synthetic codes and a random decoder (--decoder: the default or T5-small-sized), as in
+search_speed.py (same seeds). Issue 6's
 targets: loop + expand <= 10% of the query time; the decoder's FLOPs per query (its config,
 beam and ID length) at the measured rate >= 70% of the 1024^3 matmul peak measured right
 after each pass ("peak" column; "gemm": against the decoder's own matrix products run
 bare, the limit for matrices this small; "dec": the same over the decoder's own time, the
 model share; medians over the passes); queries/s at the largest N >= 0.9x the smallest,
-timed in alternation.
+timed in pairs: each batch searched at both N one right after the other (`paired_ratio`).
 With --compile the decoder runs through torch.compile (the warm-up search of each setting
-compiles) and the compiled / eager queries/s ratio is timed in alternation at the smallest N.
+compiles) and the compiled / eager queries/s ratio is timed the same way at the smallest N.
 Prints a table and writes JSON.
 """
 
@@ -138,7 +139,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5,
                     help="passes per setting: the fastest gives q/s and shares, the median "
                          "the fractions of the machine limits")
-    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds for the N ratio")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="passes over the queries for the paired ratios (N, compiled/eager)")
     args = ap.parse_args()
     cfg, decoder, queries, gflops, rng = setup(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder d={cfg.d_model} "
@@ -164,25 +166,19 @@ def main() -> None:
                           f"{100 * r['fraction_of_matmul_peak']:5.1f}% "
                           f"{100 * r['fraction_of_own_gemm']:5.1f}% "
                           f"{100 * r['decoder_fraction_of_own_gemm']:5.1f}%")
-    # qps(largest N) / qps(smallest N), measured in alternation so that both sides of each
-    # ratio see the same machine state; the median over rounds
+    # qps(largest N) / qps(smallest N): both indexes search the same batch one right after
+    # the other, so both sides of every pair see the same machine state
     ratios = []
     small, large = min(indexes), max(indexes)
     if small != large:
-        print(f"\nqps(N={large:,}) / qps(N={small:,}), {args.rounds} alternating rounds, batch "
-              f"{args.batches[-1]}:")
+        print(f"\nqps(N={large:,}) / qps(N={small:,}), batch {args.batches[-1]}, each batch "
+              f"searched by both, {args.rounds} rounds:")
         for beam in args.beams:
-            got = []
-            for _ in range(args.rounds):
-                a = _split_once(indexes[small], queries, k=args.k, beam=beam,
-                                batch=args.batches[-1], rerank=False)["qps"]
-                b = _split_once(indexes[large], queries, k=args.k, beam=beam,
-                                batch=args.batches[-1], rerank=False)["qps"]
-                got.append(b / a)
-            ratios.append({"beam": beam, "median": float(np.median(got)), "min": min(got),
-                           "max": max(got), "rounds": got})
-            print(f"  beam {beam:>2}: median {np.median(got):.2f}x (min {min(got):.2f}, "
-                  f"max {max(got):.2f})")
+            r = paired_ratio(*(lambda q, ix=indexes[n], b=beam: ix.search(
+                q, args.k, beam_size=b, rerank=False) for n in (small, large)),
+                queries, batch=args.batches[-1], rounds=args.rounds)
+            ratios.append({"beam": beam, **r})
+            print(f"  beam {beam:>2}: {_ratio_line(r)}")
     compiled = compile_ratios(indexes[small], queries, args) if args.compile else []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
@@ -194,25 +190,57 @@ def main() -> None:
 
 def compile_ratios(index: GenerativeIndex, queries: np.ndarray, args) -> list[dict]:
     """With --compile: queries/s of the compiled decoder over the same decoder eager (a copy,
-    same weights), timed in alternation on the smallest index, per beam and batch."""
+    same weights), on the smallest index, per beam and batch, batch by batch in pairs."""
     eager = copy.copy(index)
     eager.decoder = copy.deepcopy(index.decoder).compile_decoding(False)
     out = []
-    print(f"\ncompiled / eager queries/s, {args.rounds} alternating rounds, N={len(index):,}:")
+    print(f"\ncompiled / eager queries/s, N={len(index):,}, each batch searched by both, "
+          f"{args.rounds} rounds:")
     for beam in args.beams:
         for batch in args.batches:
-            got = []
-            for _ in range(args.rounds):
-                e = _split_once(eager, queries, k=args.k, beam=beam, batch=batch,
-                                rerank=False)["qps"]
-                c = _split_once(index, queries, k=args.k, beam=beam, batch=batch,
-                                rerank=False)["qps"]
-                got.append(c / e)
-            out.append({"beam": beam, "batch": batch, "median": float(np.median(got)),
-                        "min": min(got), "max": max(got), "rounds": got})
-            print(f"  beam {beam:>2} batch {batch:>2}: median {np.median(got):.2f}x "
-                  f"(min {min(got):.2f}, max {max(got):.2f})")
+            r = paired_ratio(*(lambda q, ix=ix, b=beam: ix.search(
+                q, args.k, beam_size=b, rerank=False) for ix in (eager, index)),
+                queries, batch=batch, rounds=args.rounds)
+            out.append({"beam": beam, "batch": batch, **r})
+            print(f"  beam {beam:>2} batch {batch:>2}: {_ratio_line(r)}")
     return out
+
+
+def paired_ratio(search_a, search_b, queries: np.ndarray, *, batch: int,
+                 rounds: int) -> dict:
+    """queries/s of `search_b` over `search_a` (each a function of one batch of queries).
+
+    Every batch is searched by both, one right after the other, the order swapped from one
+    batch to the next; `rounds` passes over the queries. This VM's speed moves within a
+    second or two, so ratios of whole passes timed in turn (the previous design) spread over
+    0.78-1.05 for one setting; a pair shares the machine's state. Returns "pooled": a's
+    total time over b's (the queries/s ratio over all pairs), "median" and "q25"/"q75" of
+    the per-batch ratios, and "rounds": each round's pooled ratio."""
+    for search in (search_a, search_b):
+        search(queries[:batch])                               # warm-up
+    pairs, per_round = [], []
+    total = np.zeros(2)
+    for _ in range(rounds):
+        round_total = np.zeros(2)
+        for j, start in enumerate(range(0, len(queries) - batch + 1, batch)):
+            seconds = np.zeros(2)
+            for side in ((0, 1) if j % 2 == 0 else (1, 0)):
+                t0 = time.perf_counter()
+                (search_a, search_b)[side](queries[start:start + batch])
+                seconds[side] = time.perf_counter() - t0
+            pairs.append(seconds[0] / seconds[1])
+            round_total += seconds
+        per_round.append(round_total[0] / round_total[1])
+        total += round_total
+    return {"pooled": float(total[0] / total[1]), "median": float(np.median(pairs)),
+            "q25": float(np.percentile(pairs, 25)), "q75": float(np.percentile(pairs, 75)),
+            "pairs": len(pairs), "rounds": per_round}
+
+
+def _ratio_line(r: dict) -> str:
+    return (f"pooled {r['pooled']:.2f}x, per batch median {r['median']:.2f}x (quartiles "
+            f"{r['q25']:.2f}-{r['q75']:.2f}, {r['pairs']} pairs), rounds "
+            f"{min(r['rounds']):.2f}-{max(r['rounds']):.2f}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from genir import tasks
+from genir.decoder.model import T5_SMALL_SIZE
 from genir.decoder.train import SameLabelSampler
 from genir.encoders.cache import EmbeddingCache
 from genir.eval import metrics
@@ -621,8 +622,7 @@ def _tuned_patch_trial(d: Data, scale: Scale, st: Study, curves: dict[str, list[
 
 
 # T5-small's decoder: 6 layers, d 512, 8 heads, FF 2,048; 30 prefix vectors as in GENIUS
-T5_SMALL: dict[str, Any] = {"decoder.d_model": 512, "decoder.num_layers": 6,
-                            "decoder.num_heads": 8, "decoder.num_prefix": 30}
+T5_SMALL: dict[str, Any] = {f"decoder.{k}": v for k, v in T5_SMALL_SIZE.items()}
 
 
 def study_decoder(d: Data, scale: Scale) -> Study:

@@ -33,6 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# T5-small's decoder shape (6 layers, d 512, 8 heads, MLP 2,048 = 4 d) fed GENIUS's 30
+# prefix vectors: the size issue 6 compares the default against (DecoderConfig fields)
+T5_SMALL_SIZE: dict[str, int] = {"d_model": 512, "num_layers": 6, "num_heads": 8, "num_prefix": 30}
+
 
 @dataclass
 class DecoderConfig:

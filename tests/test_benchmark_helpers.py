@@ -1,0 +1,58 @@
+"""The speed benchmarks' measuring helpers (benchmarks/ is a folder of scripts, loaded by
+path), checked against a fake clock: no timing in the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def split(monkeypatch):  # benchmarks/search_split.py as a module, with a fake clock
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import search_split
+
+    clock = [0.0]
+    monkeypatch.setattr(search_split.time, "perf_counter", lambda: clock[0])
+    return search_split, clock
+
+
+def _search(name: str, seconds, clock: list[float], calls: list):
+    """A fake search of one batch that takes seconds(batch's first query) on the clock."""
+    def search(batch: np.ndarray) -> None:
+        first = int(batch[0, 0])
+        calls.append((name, first))
+        clock[0] += seconds(first)
+    return search
+
+
+def test_paired_ratio_searches_every_batch_on_both_sides_in_alternating_order(split):
+    mod, clock = split
+    calls: list = []
+    queries = np.arange(8, dtype=np.float32)[:, None]   # batch 2: batches start at 0, 2, 4, 6
+    r = mod.paired_ratio(_search("a", lambda q: 3.0, clock, calls),
+                         _search("b", lambda q: 1.5, clock, calls),
+                         queries, batch=2, rounds=2)
+    assert r["pooled"] == pytest.approx(2.0) and r["median"] == pytest.approx(2.0)
+    assert r["pairs"] == 8 and r["rounds"] == [pytest.approx(2.0)] * 2
+    # one warm-up each, then per batch both sides, the order swapped from batch to batch
+    assert calls[:2] == [("a", 0), ("b", 0)]
+    one_round = [("a", 0), ("b", 0), ("b", 2), ("a", 2), ("a", 4), ("b", 4), ("b", 6), ("a", 6)]
+    assert calls[2:] == one_round * 2
+
+
+def test_paired_ratio_pools_times_and_takes_the_median_of_per_batch_ratios(split):
+    mod, clock = split
+    calls: list = []
+    queries = np.arange(8, dtype=np.float32)[:, None]
+    # a: 2 s a batch; b: 1 s on batches 0 and 4, 3 s on batches 2 and 6
+    r = mod.paired_ratio(_search("a", lambda q: 2.0, clock, calls),
+                         _search("b", lambda q: 1.0 if q % 4 == 0 else 3.0, clock, calls),
+                         queries, batch=2, rounds=1)
+    assert r["pooled"] == pytest.approx(8 / 8)                # total a / total b
+    assert r["median"] == pytest.approx((2.0 + 2 / 3) / 2)  # ratios 2, 2/3, 2, 2/3
+    assert r["q25"] == pytest.approx(2 / 3) and r["q75"] == pytest.approx(2.0)
