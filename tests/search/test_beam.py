@@ -144,6 +144,88 @@ def test_fast_beam_search_equals_slow_reference(seed, beam):
         np.testing.assert_allclose(scores[q, :len(got)].numpy(), ref_scores[q], atol=1e-4)
 
 
+
+class TableSession:
+    """A fake decoder: fixed log-probs per level and beam row, (Q * width, K) at each level."""
+
+    def __init__(self, logps: list[np.ndarray], num_queries: int) -> None:
+        self.logps, self.q, self.width, self.fed = logps, num_queries, 1, []
+
+    def log_probs(self, level: int) -> torch.Tensor:
+        return torch.from_numpy(self.logps[level][:self.q * self.width])
+
+    def advance(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        self.fed.append((codes.clone(), parent.clone()))
+        self.width = codes.shape[1]
+
+
+def naive_beam(logps, unique_ids, num_queries, beam):
+    """The search spelled out: every (beam, child) candidate listed in visit order (beams
+    best first, children by code), stable-sorted by score, the best `beam` kept."""
+    ids = [tuple(r) for r in unique_ids.tolist()]
+    out = []
+    for q in range(num_queries):
+        beams = [((), 0.0)]
+        for level in range(len(ids[0])):
+            width = len(beams)
+            cands = []
+            for i, (prefix, score) in enumerate(beams):
+                lp = logps[level][q * width + i]
+                for code in sorted({r[level] for r in ids if r[:level] == prefix}):
+                    cands.append((prefix + (code,), np.float32(score) + lp[code]))
+            beams = sorted(cands, key=lambda c: -c[1])[:beam]   # sorted() is stable
+        out.append([(ids.index(p), s) for p, s in beams])
+    return out
+
+
+@pytest.mark.parametrize("seed,beam,ties", [(0, 1, False), (1, 3, False), (2, 7, False),
+                                            (3, 4, True), (4, 9, True), (5, 30, True)])
+def test_search_step_equals_the_search_spelled_out(seed, beam, ties):
+    """Random tries (some with complete levels), random log-probs or coarse ones full of
+    ties: the compiled per-level step keeps exactly the naive search's beams, in order."""
+    rng = np.random.default_rng(seed)
+    sizes = (3, 4, 5) if seed % 2 else (6, 2, 4)
+    n = int(rng.integers(5, 60))
+    codes = rng.integers(sizes, size=(n, 3))
+    if seed % 3 == 0:   # every first two codes present: dense levels 0 and 1
+        codes = np.concatenate([codes, [(a, b, 0) for a in range(sizes[0])
+                                        for b in range(sizes[1])]])
+    unique = IDTable.from_codes(codes).unique_ids
+    trie = CodeTrie.from_unique_ids(unique)
+    q = 5
+    logps = [(rng.integers(-3, 0, size=(q * beam, k)) if ties else
+              rng.normal(size=(q * beam, k))).astype(np.float32) for k in sizes]
+    leaves, scores = constrained_beam_search(TableSession(logps, q), trie, num_queries=q,
+                                             beam_size=beam)
+    for row, ref in enumerate(naive_beam(logps, unique, q, beam)):
+        assert leaves[row, :len(ref)].tolist() == [leaf for leaf, _ in ref]
+        np.testing.assert_array_equal(scores[row, :len(ref)].numpy(), [s for _, s in ref])
+        assert (leaves[row, len(ref):] == -1).all()
+
+
+def test_equal_scores_keep_the_order_of_the_ids():
+    """All log-probs equal: ties go to the earlier beam, then the smaller code, so the
+    first IDs in lexicographic order win, on the dense and the general path alike."""
+    grid = np.array([(a, b, c) for a in range(3) for b in range(4) for c in (1, 3)])
+    unique = IDTable.from_codes(grid).unique_ids
+    dense = CodeTrie.from_unique_ids(unique)
+    general = CodeTrie(dense.node_code, dense.child_start, dense.max_children,
+                       complete=[False] * 3)
+    assert dense.complete == [True, True, False]
+    logps = [np.zeros((4 * 5, k), np.float32) for k in (3, 4, 4)]
+    for trie in (dense, general):
+        leaves, scores = constrained_beam_search(TableSession(logps, 4), trie, num_queries=4,
+                                                 beam_size=5)
+        assert leaves.tolist() == [[0, 1, 2, 3, 4]] * 4
+        assert (scores == 0).all()
+
+
+def test_a_decoder_scoring_fewer_codes_than_the_trie_holds_is_refused():
+    trie = CodeTrie.from_unique_ids(np.array([[0, 1], [3, 0]]))
+    session = TableSession([np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32)], 1)
+    with pytest.raises(ValueError, match="scores 3 codes at level 0, but the trie holds code 3"):
+        constrained_beam_search(session, trie, num_queries=1, beam_size=2)
+
 # -- token-sequence queries (IRGen patches, AVG word pieces): the same search, a masked memory --
 
 def test_padding_tokens_are_masked_out():

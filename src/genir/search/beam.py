@@ -1,17 +1,27 @@
 """Trie-constrained beam search, batched over queries and beams.
 
-Each beam carries its trie node; at every level only that node's children are scored
-(a gather over the level's log-probs, no vocabulary-wide mask per beam, no per-beam
-Python callback) and one top-k over (beams x children) per query picks the next beams.
-The model side is any `DecodingSession`: it scores the next level and advances its caches
-by the chosen beams. It returns leaf ids (= `IDTable` rows), never an invalid ID; slots
-with no valid ID left are -1 with score -inf.
+Each beam carries its trie node; at every level only that node's children are scored and
+the best `beam_size` of (beams x children) per query become the next beams. That step is
+one compiled loop (`_best_children`, numba): per query it walks each live beam's CSR slice
+of the trie, adds the beam's score to the log-probability of each child's code, and keeps
+the best candidates in a small heap; no vocabulary-wide mask, no per-beam Python callback,
+no (beams x max fan-out) padded tensors. The model side is any `DecodingSession`: it
+scores the next level and advances its caches by the chosen beams. The search returns leaf
+ids (= `IDTable` rows), never an invalid ID; slots with no valid ID left are -1 with
+score -inf.
+
+The step used to be ~15 torch operations a level (CSR slots, gathers, a masked top-k);
+on 2 CPU cores each costs 5-50 us on tensors this small, which made the loop 8-10% of a
+batch-32 query (docs/benchmarks.md). Its references in the tests: brute-force enumeration
+and the slow dict-trie search (`genir.search.reference`).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+import numba
+import numpy as np
 import torch
 
 from genir.search.trie import CodeTrie
@@ -30,42 +40,128 @@ class DecodingSession(Protocol):
 @torch.inference_mode()
 def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_queries: int,
                             beam_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (leaves (Q, beam) int64, scores (Q, beam) float32), best first, -1 / -inf padded."""
+    """-> (leaves (Q, beam) int64, scores (Q, beam) float32), best first, -1 / -inf padded.
+
+    Ties between equal scores go to the earlier beam, then the smaller code (the order the
+    candidates are visited), so results never depend on the batch."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     q = num_queries
-    node = torch.zeros(q, 1, dtype=torch.int64)  # the root (ignored at level 0)
-    score = torch.zeros(q, 1)
+    node = np.zeros((q, 1), dtype=np.int64)  # the root
+    score = np.zeros((q, 1), dtype=np.float32)
     for level in range(trie.num_levels):
         width = node.shape[1]
-        logp = session.log_probs(level).float().view(q, width, -1)  # (Q, B, K)
-        if trie.complete[level] and logp.shape[2] == trie.max_children[level]:
-            # a dense level: every code is a valid child, child id = parent * K + code, so
-            # no child table, gathers or mask (same result as the general path below)
-            k = logp.shape[2]
-            top = (score[..., None] + logp).view(q, -1).topk(min(beam_size, width * k), dim=1)
-            parent = top.indices // k
-            chosen = top.indices % k
-            node = (node.gather(1, parent) * k if level else torch.zeros_like(parent)) + chosen
-            score = top.values
-            if level + 1 < trie.num_levels:
-                session.advance(level, chosen, parent)
-            continue
-        child, valid = trie.children(level, node)                   # (Q, B, C)
-        codes = trie.node_code[level][child]                        # (Q, B, C)
-        cand = score[..., None] + logp.gather(2, codes)
-        cand = torch.where(valid, cand, float("-inf")).view(q, -1)
-        top = cand.topk(min(beam_size, cand.shape[1]), dim=1)
-        parent = top.indices // child.shape[2]
-        node = child.view(q, -1).gather(1, top.indices)
-        score = top.values
-        chosen = codes.view(q, -1).gather(1, top.indices)
+        logp = session.log_probs(level).detach().float().cpu().contiguous().view(q, width, -1)
+        k = logp.shape[2]
+        if k <= trie.max_code[level]:
+            raise ValueError(f"the decoder scores {k} codes at level {level}, but the trie "
+                             f"holds code {trie.max_code[level]} there")
+        # a dense level: every code is a valid child, child id = parent * K + code
+        dense = trie.complete[level] and k == trie.max_children[level]
+        starts, codes = trie.csr(level)
+        fan_out = k if dense else trie.max_children[level]
+        node, score, parent, chosen = _best_children(
+            logp.numpy(), score, node, starts, codes, dense, min(beam_size, width * fan_out))
         if level + 1 < trie.num_levels:
-            session.advance(level, chosen, parent)
-    dead = torch.isinf(score)
-    node = node.masked_fill(dead, -1)
+            session.advance(level, torch.from_numpy(chosen), torch.from_numpy(parent))
+    node[np.isinf(score)] = -1
     if node.shape[1] < beam_size:  # fewer valid IDs than beams: pad
         pad = beam_size - node.shape[1]
-        node = torch.cat([node, node.new_full((q, pad), -1)], 1)
-        score = torch.cat([score, score.new_full((q, pad), float("-inf"))], 1)
-    return node, score
+        node = np.concatenate([node, np.full((q, pad), -1, dtype=np.int64)], 1)
+        score = np.concatenate([score, np.full((q, pad), -np.inf, dtype=np.float32)], 1)
+    return torch.from_numpy(node), torch.from_numpy(score)
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_children(logp, score, node, starts, codes, dense, width):  # type: ignore[no-untyped-def]
+    """One level for a batch: logp (Q, B, K) float32 log-probs of each beam's next code,
+    score (Q, B) float32 beam scores (-inf: dead), node (Q, B) int64 the beams' trie nodes;
+    starts / codes the level's CSR (children of node p are slots starts[p]:starts[p + 1],
+    slot s has code codes[s] and is node s of the level), unused when `dense` (children of
+    p are p * K + code for every code). -> the best `width` children per query, best first:
+    (node, score, parent beam, code), each (Q, width); missing ones score -inf (node 0)."""
+    num_q, num_beams, k = logp.shape
+    out_node = np.zeros((num_q, width), np.int64)
+    out_score = np.full((num_q, width), -np.inf, np.float32)
+    out_parent = np.zeros((num_q, width), np.int64)
+    out_code = np.zeros((num_q, width), np.int64)
+    if not dense:
+        out_code[:] = codes[0]
+    stride = k if dense else 1 << 40   # candidate number = beam * stride + slot offset
+    heap_v = np.empty(width, np.float32)  # min-heap: the root is the worst kept candidate
+    heap_c = np.empty(width, np.int64)
+    for q in range(num_q):
+        n = 0
+        for b in range(num_beams):
+            s = score[q, b]
+            if s == -np.inf:
+                continue
+            if dense:
+                # a full row of K codes: skip it when even its best code cannot enter
+                if n == width and s + logp[q, b].max() <= heap_v[0]:
+                    continue
+                lo, hi = 0, k
+            else:
+                lo, hi = starts[node[q, b]], starts[node[q, b] + 1]
+            for slot in range(lo, hi):
+                v = s + logp[q, b, slot - lo if dense else codes[slot]]
+                # visited in candidate order, so an equal score never displaces a kept one
+                if n < width:
+                    if v > -np.inf:
+                        _heap_push(heap_v, heap_c, n, v, b * stride + slot)
+                        n += 1
+                elif v > heap_v[0]:
+                    _heap_replace_root(heap_v, heap_c, n, v, b * stride + slot)
+        # pop the worst first, filling the output from the back: best first, ties by order
+        for i in range(n - 1, -1, -1):
+            v, c = heap_v[0], heap_c[0]
+            n -= 1
+            if n > 0:
+                _heap_replace_root(heap_v, heap_c, n, heap_v[n], heap_c[n])
+            b, slot = c // stride, c % stride
+            out_score[q, i] = v
+            out_parent[q, i] = b
+            if dense:
+                out_node[q, i] = node[q, b] * k + slot
+                out_code[q, i] = slot
+            else:
+                out_node[q, i] = slot
+                out_code[q, i] = codes[slot]
+    return out_node, out_score, out_parent, out_code
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _worse(v1, c1, v2, c2):  # type: ignore[no-untyped-def]
+    """Candidate 1 ranks below candidate 2: a lower score, or the same score found later."""
+    return v1 < v2 or (v1 == v2 and c1 > c2)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_push(heap_v, heap_c, n, v, c):  # type: ignore[no-untyped-def]
+    """Add (v, c) to the heap of n entries (sift up)."""
+    i = n
+    while i > 0:
+        up = (i - 1) >> 1
+        if not _worse(v, c, heap_v[up], heap_c[up]):
+            break
+        heap_v[i], heap_c[i] = heap_v[up], heap_c[up]
+        i = up
+    heap_v[i], heap_c[i] = v, c
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_replace_root(heap_v, heap_c, n, v, c):  # type: ignore[no-untyped-def]
+    """Replace the worst entry of the heap of n entries by (v, c) (sift down)."""
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        if child + 1 < n and _worse(heap_v[child + 1], heap_c[child + 1],
+                                    heap_v[child], heap_c[child]):
+            child += 1
+        if not _worse(heap_v[child], heap_c[child], v, c):
+            break
+        heap_v[i], heap_c[i] = heap_v[child], heap_c[child]
+        i = child
+    heap_v[i], heap_c[i] = v, c

@@ -24,13 +24,20 @@ class CodeTrie:
     # node j's children are j * K + code (a dense level: 1M random IDs fill levels 0 and 1)
     # (derived from the arrays when not given)
     complete: list[bool] = field(default_factory=list)
+    max_code: list[int] = field(init=False)    # per level: the largest code it holds
 
     def __post_init__(self) -> None:
+        self.max_code = [int(codes.max()) for codes in self.node_code]
         if not self.complete:
             for level, codes in enumerate(self.node_code):
                 k = self.max_children[level]
                 parents = 1 if level == 0 else len(self.child_start[level - 1]) - 1
-                self.complete.append(len(codes) == parents * k and int(codes.max()) < k)
+                self.complete.append(len(codes) == parents * k and self.max_code[level] < k)
+        # the same arrays as numpy (shared memory) for the beam search's compiled step; the
+        # root's children are level 0's nodes 0 .. n - 1
+        root = np.array([0, len(self.node_code[0])], dtype=np.int64)
+        self._csr = [(root if level == 0 else self.child_start[level - 1].numpy(),
+                      self.node_code[level].numpy()) for level in range(self.num_levels)]
 
     @classmethod
     def from_unique_ids(cls, unique_ids: np.ndarray) -> CodeTrie:
@@ -87,6 +94,12 @@ class CodeTrie:
         slot = starts[node][..., None] + offsets         # CSR slots start .. start + C - 1
         valid = slot < starts[1:][node][..., None]      # ... of which those before the end
         return slot.clamp_max(len(self.node_code[level]) - 1), valid
+
+    def csr(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, codes) of `level` as numpy: the children of node p of level - 1 (the root
+        at level 0) are the level's nodes starts[p] : starts[p + 1]; node s has code
+        codes[s]."""
+        return self._csr[level]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [*self.node_code, *self.child_start])
