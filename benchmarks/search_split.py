@@ -6,7 +6,8 @@ For each corpus size, beam and batch, `GenerativeIndex.search` runs with its dec
 wrapped in a timer, so each batch's wall time splits into
   model   the decoder: the query memory and its cross-attention keys/values, then per level
           the next-code log-probabilities and the cache update for the chosen beams
-  loop    everything else in constrained_beam_search: trie children, gathers, top-k, masks
+  loop    everything else in constrained_beam_search: the compiled trie step (children,
+          scores, best candidates) and its bookkeeping
   expand  after the beam search: leaves -> items (collisions), the final sort (and rerank)
 Synthetic codes and a random decoder (--decoder: the default or T5-small-sized), as in
 search_speed.py (same seeds). Issue 6's
@@ -216,6 +217,8 @@ def paired_ratio(search_a, search_b, queries: np.ndarray, *, batch: int,
     0.78-1.05 for one setting; a pair shares the machine's state. Returns "pooled": a's
     total time over b's (the queries/s ratio over all pairs), "median" and "q25"/"q75" of
     the per-batch ratios, and "rounds": each round's pooled ratio."""
+    if not 1 <= batch <= len(queries):
+        raise ValueError(f"batch must be in 1..{len(queries)} (the queries), got {batch}")
     for search in (search_a, search_b):
         search(queries[:batch])                               # warm-up
     pairs, per_round = [], []

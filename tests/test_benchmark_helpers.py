@@ -56,3 +56,21 @@ def test_paired_ratio_pools_times_and_takes_the_median_of_per_batch_ratios(split
     assert r["pooled"] == pytest.approx(8 / 8)                # total a / total b
     assert r["median"] == pytest.approx((2.0 + 2 / 3) / 2)  # ratios 2, 2/3, 2, 2/3
     assert r["q25"] == pytest.approx(2 / 3) and r["q75"] == pytest.approx(2.0)
+
+
+def test_paired_ratio_reports_each_round_on_its_own(split):
+    mod, clock = split
+    calls: list = []
+    queries = np.arange(4, dtype=np.float32)[:, None]
+    rounds = iter([None] + [1.0] * 4 + [3.0] * 4)   # b: a warm-up, then 1 s, then 3 s
+    r = mod.paired_ratio(_search("a", lambda q: 2.0, clock, calls),
+                         _search("b", lambda q: next(rounds) or 1.0, clock, calls),
+                         queries, batch=1, rounds=2)
+    assert r["rounds"] == [pytest.approx(2.0), pytest.approx(2 / 3)]
+    assert r["pooled"] == pytest.approx(16 / 16)
+
+
+def test_paired_ratio_needs_a_whole_batch(split):
+    mod, _ = split
+    with pytest.raises(ValueError, match="batch must be in 1..3"):
+        mod.paired_ratio(print, print, np.zeros((3, 1)), batch=4, rounds=1)

@@ -161,33 +161,45 @@ class TableSession:
 
 def naive_beam(logps, unique_ids, num_queries, beam):
     """The search spelled out: every (beam, child) candidate listed in visit order (beams
-    best first, children by code), stable-sorted by score, the best `beam` kept."""
+    best first, children by code), stable-sorted by score, the best `beam` kept; -inf
+    candidates are no IDs. Log-prob rows follow the search's layout: a level has
+    min(beam, previous rows x the level's largest fan-out) rows, live beams first.
+    -> per query: the final (leaf, score) list and each level's beam prefixes."""
     ids = [tuple(r) for r in unique_ids.tolist()]
+    levels = len(ids[0])
+    fan = [max(len({r[level] for r in ids if r[:level] == p}) for p in {r[:level] for r in ids})
+           for level in range(levels)]
     out = []
     for q in range(num_queries):
-        beams = [((), 0.0)]
-        for level in range(len(ids[0])):
-            width = len(beams)
+        beams, width, prefixes = [((), 0.0)], 1, []
+        for level in range(levels):
             cands = []
             for i, (prefix, score) in enumerate(beams):
                 lp = logps[level][q * width + i]
                 for code in sorted({r[level] for r in ids if r[:level] == prefix}):
-                    cands.append((prefix + (code,), np.float32(score) + lp[code]))
+                    v = np.float32(score) + lp[code]
+                    if v > -np.inf:
+                        cands.append((prefix + (code,), v))
             beams = sorted(cands, key=lambda c: -c[1])[:beam]   # sorted() is stable
-        out.append([(ids.index(p), s) for p, s in beams])
+            width = min(beam, width * fan[level])
+            prefixes.append([p for p, _ in beams])
+        out.append(([(ids.index(p), s) for p, s in beams], prefixes))
     return out
 
 
-@pytest.mark.parametrize("seed,beam,ties", [(0, 1, False), (1, 3, False), (2, 7, False),
-                                            (3, 4, True), (4, 9, True), (5, 30, True)])
-def test_search_step_equals_the_search_spelled_out(seed, beam, ties):
+@pytest.mark.parametrize("seed,beam,ties,num_ids,masked", [
+    (0, 1, False, None, False), (1, 3, False, None, False), (2, 7, False, None, False),
+    (3, 4, True, None, False), (4, 9, True, None, False), (5, 30, True, None, False),
+    (6, 10, False, 6, False),     # more beams than IDs: dead rows inside the search, -1 pads
+    (7, 5, False, None, True), (8, 12, True, 9, True)])   # some codes at -inf
+def test_search_step_equals_the_search_spelled_out(seed, beam, ties, num_ids, masked):
     """Random tries (some with complete levels), random log-probs or coarse ones full of
-    ties: the compiled per-level step keeps exactly the naive search's beams, in order."""
+    ties: the compiled per-level step keeps exactly the naive search's beams, in order,
+    and feeds the decoder exactly those beams' codes and parents."""
     rng = np.random.default_rng(seed)
     sizes = (3, 4, 5) if seed % 2 else (6, 2, 4)
-    n = int(rng.integers(5, 60))
-    codes = rng.integers(sizes, size=(n, 3))
-    if seed % 3 == 0:   # every first two codes present: dense levels 0 and 1
+    codes = rng.integers(sizes, size=(num_ids or int(rng.integers(5, 60)), 3))
+    if seed % 3 == 0 and num_ids is None:   # every first two codes present: dense levels
         codes = np.concatenate([codes, [(a, b, 0) for a in range(sizes[0])
                                         for b in range(sizes[1])]])
     unique = IDTable.from_codes(codes).unique_ids
@@ -195,12 +207,22 @@ def test_search_step_equals_the_search_spelled_out(seed, beam, ties):
     q = 5
     logps = [(rng.integers(-3, 0, size=(q * beam, k)) if ties else
               rng.normal(size=(q * beam, k))).astype(np.float32) for k in sizes]
-    leaves, scores = constrained_beam_search(TableSession(logps, q), trie, num_queries=q,
-                                             beam_size=beam)
-    for row, ref in enumerate(naive_beam(logps, unique, q, beam)):
+    if masked:
+        for lp in logps:
+            lp[rng.random(lp.shape) < 0.3] = -np.inf
+    session = TableSession(logps, q)
+    leaves, scores = constrained_beam_search(session, trie, num_queries=q, beam_size=beam)
+    assert leaves.shape == scores.shape == (q, beam)
+    for row, (ref, prefixes) in enumerate(naive_beam(logps, unique, q, beam)):
         assert leaves[row, :len(ref)].tolist() == [leaf for leaf, _ in ref]
         np.testing.assert_array_equal(scores[row, :len(ref)].numpy(), [s for _, s in ref])
-        assert (leaves[row, len(ref):] == -1).all()
+        assert (leaves[row, len(ref):] == -1).all() and torch.isinf(scores[row, len(ref):]).all()
+        # the beams fed to the decoder, level by level, rebuilt from codes and parents
+        fed: list[tuple[int, ...]] = [()]
+        for level, (fed_codes, parents) in enumerate(session.fed):
+            pairs = zip(fed_codes[row].tolist(), parents[row].tolist(), strict=True)
+            fed = [fed[p] + (c,) for c, p in pairs]
+            assert fed[:len(prefixes[level])] == prefixes[level]
 
 
 def test_equal_scores_keep_the_order_of_the_ids():
@@ -218,6 +240,13 @@ def test_equal_scores_keep_the_order_of_the_ids():
                                                  beam_size=5)
         assert leaves.tolist() == [[0, 1, 2, 3, 4]] * 4
         assert (scores == 0).all()
+
+
+def test_nan_log_probs_are_refused():
+    trie = CodeTrie.from_unique_ids(np.array([[0, 1], [1, 0]]))
+    logps = [np.array([[0.0, np.nan]], np.float32), np.zeros((2, 2), np.float32)]
+    with pytest.raises(ValueError, match="level 0 contain NaN"):
+        constrained_beam_search(TableSession(logps, 1), trie, num_queries=1, beam_size=2)
 
 
 def test_a_decoder_scoring_fewer_codes_than_the_trie_holds_is_refused():

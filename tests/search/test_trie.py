@@ -26,7 +26,12 @@ def array_children(trie: CodeTrie, ids: np.ndarray, prefix: tuple[int, ...]) -> 
         codes = trie.node_code[level][child[0][valid[0]]]
         node = child[0][valid[0]][codes == code][:1]
     child, valid = trie.children(len(prefix), node)
-    return sorted(trie.node_code[len(prefix)][child[0][valid[0]]].tolist())
+    got = sorted(trie.node_code[len(prefix)][child[0][valid[0]]].tolist())
+    # the numpy CSR view the beam search walks lists the same children
+    starts, level_codes = trie.csr(len(prefix))
+    p = int(node[0]) if prefix else 0          # the root is row 0 of level 0's starts
+    assert sorted(level_codes[starts[p]:starts[p + 1]].tolist()) == got
+    return got
 
 
 @pytest.mark.parametrize("seed,num_levels,k", [(0, 2, 3), (1, 3, 4), (2, 4, 5), (3, 3, 2)])

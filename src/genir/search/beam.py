@@ -11,8 +11,8 @@ ids (= `IDTable` rows), never an invalid ID; slots with no valid ID left are -1 
 score -inf.
 
 The step used to be ~15 torch operations a level (CSR slots, gathers, a masked top-k);
-on 2 CPU cores each costs 5-50 us on tensors this small, which made the loop 8-10% of a
-batch-32 query (docs/benchmarks.md). Its references in the tests: brute-force enumeration
+on 2 CPU cores each costs 5-50 us on tensors this small, which made the loop 6-9% of a
+batch-32 query (2-6% now; docs/benchmarks.md). Its references in the tests: brute-force enumeration
 and the slow dict-trie search (`genir.search.reference`).
 """
 
@@ -53,6 +53,8 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
         width = node.shape[1]
         logp = session.log_probs(level).detach().float().cpu().contiguous().view(q, width, -1)
         k = logp.shape[2]
+        if torch.isnan(logp).any():   # the compiled step would never pick them: say so
+            raise ValueError(f"the decoder's log-probabilities at level {level} contain NaN")
         if k <= trie.max_code[level]:
             raise ValueError(f"the decoder scores {k} codes at level {level}, but the trie "
                              f"holds code {trie.max_code[level]} there")

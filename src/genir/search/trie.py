@@ -83,7 +83,8 @@ class CodeTrie:
 
         Returns (child node ids, valid mask), each node.shape + (C,) with C the level's
         max fan-out; invalid slots hold some node id of the level (in range, so they can be
-        gathered before masking).
+        gathered before masking). A vectorised view of the CSR arrays for callers in torch;
+        the beam search walks the same arrays through `csr`.
         """
         width = self.max_children[level]
         offsets = torch.arange(width)
