@@ -247,6 +247,13 @@ def test_nan_log_probs_are_refused():
     logps = [np.array([[0.0, np.nan]], np.float32), np.zeros((2, 2), np.float32)]
     with pytest.raises(ValueError, match="level 0 contain NaN"):
         constrained_beam_search(TableSession(logps, 1), trie, num_queries=1, beam_size=2)
+    # also in a dense row that the step would skip as unable to beat the kept candidates
+    from genir.search.beam import _best_children
+
+    lp = np.array([[[1, 2, 3, 4], [0, 0, 0, np.nan]]], np.float32)
+    out = _best_children(lp, np.array([[0.0, -5.0]], np.float32), np.array([[0, 1]]),
+                         np.zeros(2, np.int64), np.zeros(1, np.int64), True, 2)
+    assert out[4] and out[1].tolist() == [[4.0, 3.0]]
 
 
 def test_a_decoder_scoring_fewer_codes_than_the_trie_holds_is_refused():

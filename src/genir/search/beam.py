@@ -12,8 +12,9 @@ score -inf.
 
 The step used to be ~15 torch operations a level (CSR slots, gathers, a masked top-k);
 on 2 CPU cores each costs 5-50 us on tensors this small, which made the loop 6-9% of a
-batch-32 query (2-6% now; docs/benchmarks.md). Its references in the tests: brute-force enumeration
-and the slow dict-trie search (`genir.search.reference`).
+batch-32 query (3-5% now; docs/benchmarks.md). Its references in the tests: brute-force
+enumeration, the slow dict-trie search (`genir.search.reference`) and a spelled-out Python
+beam search.
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
     score = np.zeros((q, 1), dtype=np.float32)
     for level in range(trie.num_levels):
         width = node.shape[1]
-        logp = session.log_probs(level).detach().float().cpu().contiguous().view(q, width, -1)
+        lp = session.log_probs(level)
+        if lp.requires_grad or lp.dtype != torch.float32 or lp.device.type != "cpu":
+            lp = lp.detach().float().cpu()
+        logp = np.ascontiguousarray(lp.numpy()).reshape(q, width, -1)
         k = logp.shape[2]
-        if torch.isnan(logp).any():   # the compiled step would never pick them: say so
-            raise ValueError(f"the decoder's log-probabilities at level {level} contain NaN")
         if k <= trie.max_code[level]:
             raise ValueError(f"the decoder scores {k} codes at level {level}, but the trie "
                              f"holds code {trie.max_code[level]} there")
@@ -62,8 +64,10 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
         dense = trie.complete[level] and k == trie.max_children[level]
         starts, codes = trie.csr(level)
         fan_out = k if dense else trie.max_children[level]
-        node, score, parent, chosen = _best_children(
-            logp.numpy(), score, node, starts, codes, dense, min(beam_size, width * fan_out))
+        node, score, parent, chosen, nan = _best_children(
+            logp, score, node, starts, codes, dense, min(beam_size, width * fan_out))
+        if nan:   # the step never picks a NaN candidate: say so rather than drop it
+            raise ValueError(f"the decoder's log-probabilities at level {level} contain NaN")
         if level + 1 < trie.num_levels:
             session.advance(level, torch.from_numpy(chosen), torch.from_numpy(parent))
     node[np.isinf(score)] = -1
@@ -81,7 +85,8 @@ def _best_children(logp, score, node, starts, codes, dense, width):  # type: ign
     starts / codes the level's CSR (children of node p are slots starts[p]:starts[p + 1],
     slot s has code codes[s] and is node s of the level), unused when `dense` (children of
     p are p * K + code for every code). -> the best `width` children per query, best first:
-    (node, score, parent beam, code), each (Q, width); missing ones score -inf (node 0)."""
+    (node, score, parent beam, code), each (Q, width); missing ones score -inf (node 0);
+    and whether a live beam's child had a NaN log-prob."""
     num_q, num_beams, k = logp.shape
     out_node = np.zeros((num_q, width), np.int64)
     out_score = np.full((num_q, width), -np.inf, np.float32)
@@ -92,28 +97,40 @@ def _best_children(logp, score, node, starts, codes, dense, width):  # type: ign
     stride = k if dense else 1 << 40   # candidate number = beam * stride + slot offset
     heap_v = np.empty(width, np.float32)  # min-heap: the root is the worst kept candidate
     heap_c = np.empty(width, np.int64)
+    nan = False
     for q in range(num_q):
         n = 0
+        bar = -np.inf   # a candidate enters when above it: the worst kept one once full
         for b in range(num_beams):
             s = score[q, b]
             if s == -np.inf:
                 continue
             if dense:
-                # a full row of K codes: skip it when even its best code cannot enter
-                if n == width and s + logp[q, b].max() <= heap_v[0]:
-                    continue
+                # a full row of K codes: skip it when none of its codes can enter (or is
+                # NaN), counted branch-free so that the count vectorises
+                if n == width:
+                    above = 0
+                    for code in range(k):
+                        above += not (s + logp[q, b, code] <= bar)
+                    if above == 0:
+                        continue
                 lo, hi = 0, k
             else:
                 lo, hi = starts[node[q, b]], starts[node[q, b] + 1]
             for slot in range(lo, hi):
                 v = s + logp[q, b, slot - lo if dense else codes[slot]]
                 # visited in candidate order, so an equal score never displaces a kept one
-                if n < width:
-                    if v > -np.inf:
+                if v > bar:
+                    if n < width:
                         _heap_push(heap_v, heap_c, n, v, b * stride + slot)
                         n += 1
-                elif v > heap_v[0]:
-                    _heap_replace_root(heap_v, heap_c, n, v, b * stride + slot)
+                        if n == width:
+                            bar = heap_v[0]
+                    else:
+                        _heap_replace_root(heap_v, heap_c, n, v, b * stride + slot)
+                        bar = heap_v[0]
+                elif v != v:
+                    nan = True
         # pop the worst first, filling the output from the back: best first, ties by order
         for i in range(n - 1, -1, -1):
             v, c = heap_v[0], heap_c[0]
@@ -129,7 +146,7 @@ def _best_children(logp, score, node, starts, codes, dense, width):  # type: ign
             else:
                 out_node[q, i] = slot
                 out_code[q, i] = codes[slot]
-    return out_node, out_score, out_parent, out_code
+    return out_node, out_score, out_parent, out_code, nan
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
