@@ -175,9 +175,9 @@ def main() -> None:
         print(f"\nqps(N={large:,}) / qps(N={small:,}), batch {args.batches[-1]}, each batch "
               f"searched by both, {args.rounds} rounds:")
         for beam in args.beams:
-            r = paired_ratio(*(lambda q, ix=indexes[n], b=beam: ix.search(
-                q, args.k, beam_size=b, rerank=False) for n in (small, large)),
-                queries, batch=args.batches[-1], rounds=args.rounds)
+            r = paired_ratio(_searcher(indexes[small], args.k, beam),
+                             _searcher(indexes[large], args.k, beam),
+                             queries, batch=args.batches[-1], rounds=args.rounds)
             ratios.append({"beam": beam, **r})
             print(f"  beam {beam:>2}: {_ratio_line(r)}")
     compiled = compile_ratios(indexes[small], queries, args) if args.compile else []
@@ -199,12 +199,16 @@ def compile_ratios(index: GenerativeIndex, queries: np.ndarray, args) -> list[di
           f"{args.rounds} rounds:")
     for beam in args.beams:
         for batch in args.batches:
-            r = paired_ratio(*(lambda q, ix=ix, b=beam: ix.search(
-                q, args.k, beam_size=b, rerank=False) for ix in (eager, index)),
-                queries, batch=batch, rounds=args.rounds)
+            r = paired_ratio(_searcher(eager, args.k, beam), _searcher(index, args.k, beam),
+                             queries, batch=batch, rounds=args.rounds)
             out.append({"beam": beam, "batch": batch, **r})
             print(f"  beam {beam:>2} batch {batch:>2}: {_ratio_line(r)}")
     return out
+
+
+def _searcher(index: GenerativeIndex, k: int, beam: int):
+    """One batch of queries -> index's search without rerank: a side of `paired_ratio`."""
+    return lambda queries: index.search(queries, k, beam_size=beam, rerank=False)
 
 
 def paired_ratio(search_a, search_b, queries: np.ndarray, *, batch: int,

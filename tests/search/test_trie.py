@@ -18,20 +18,16 @@ def dict_trie(ids: np.ndarray) -> dict:
     return root
 
 
-def array_children(trie: CodeTrie, ids: np.ndarray, prefix: tuple[int, ...]) -> list[int]:
-    """Walk the array trie along `prefix` and list the codes of its children."""
-    node = torch.zeros(1, dtype=torch.int64)
+def array_children(trie: CodeTrie, prefix: tuple[int, ...]) -> list[int]:
+    """Walk the array trie's CSR (what the beam search reads) along `prefix` and list the
+    codes of its children."""
+    node = 0                                   # the root: row 0 of level 0's starts
     for level, code in enumerate(prefix):
-        child, valid = trie.children(level, node)
-        codes = trie.node_code[level][child[0][valid[0]]]
-        node = child[0][valid[0]][codes == code][:1]
-    child, valid = trie.children(len(prefix), node)
-    got = sorted(trie.node_code[len(prefix)][child[0][valid[0]]].tolist())
-    # the numpy CSR view the beam search walks lists the same children
-    starts, level_codes = trie.csr(len(prefix))
-    p = int(node[0]) if prefix else 0          # the root is row 0 of level 0's starts
-    assert sorted(level_codes[starts[p]:starts[p + 1]].tolist()) == got
-    return got
+        starts, codes = trie.csr(level)
+        slots = range(starts[node], starts[node + 1])
+        node = next(s for s in slots if codes[s] == code)
+    starts, codes = trie.csr(len(prefix))
+    return sorted(codes[starts[node]:starts[node + 1]].tolist())
 
 
 @pytest.mark.parametrize("seed,num_levels,k", [(0, 2, 3), (1, 3, 4), (2, 4, 5), (3, 3, 2)])
@@ -45,7 +41,7 @@ def test_array_trie_children_equal_dict_trie(seed, num_levels, k):
     def walk(node: dict, prefix: tuple[int, ...]) -> None:
         if len(prefix) == num_levels:
             return
-        assert array_children(trie, table.unique_ids, prefix) == sorted(node)
+        assert array_children(trie, prefix) == sorted(node)
         for code, child in node.items():
             walk(child, prefix + (code,))
 

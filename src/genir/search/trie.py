@@ -77,25 +77,6 @@ class CodeTrie:
     def num_leaves(self) -> int:
         return len(self.node_code[-1])
 
-    def children(self, level: int, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Children at `level` of nodes at `level - 1` (node ids >= 0, any shape; ignored
-        at level 0).
-
-        Returns (child node ids, valid mask), each node.shape + (C,) with C the level's
-        max fan-out; invalid slots hold some node id of the level (in range, so they can be
-        gathered before masking). A vectorised view of the CSR arrays for callers in torch;
-        the beam search walks the same arrays through `csr`.
-        """
-        width = self.max_children[level]
-        offsets = torch.arange(width)
-        if level == 0:
-            child = offsets.expand(*node.shape, width)
-            return child, torch.ones_like(child, dtype=torch.bool)
-        starts = self.child_start[level - 1]
-        slot = starts[node][..., None] + offsets         # CSR slots start .. start + C - 1
-        valid = slot < starts[1:][node][..., None]      # ... of which those before the end
-        return slot.clamp_max(len(self.node_code[level]) - 1), valid
-
     def csr(self, level: int) -> tuple[np.ndarray, np.ndarray]:
         """(starts, codes) of `level` as numpy: the children of node p of level - 1 (the root
         at level 0) are the level's nodes starts[p] : starts[p + 1]; node s has code
