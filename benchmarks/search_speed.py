@@ -147,6 +147,9 @@ def common_args(doc: str, *, sizes: list[int], batches: list[int], num_queries: 
     ap.add_argument("--compile", action="store_true",
                     help="decode through torch.compile (CodeDecoder.compile_decoding); the "
                          "warm-up searches compile")
+    ap.add_argument("--session", choices=["fused", "torch"], default="fused",
+                    help="the decoding session when not compiled: the fused CPU one (the "
+                         "default, genir.decoder.fused) or the torch one")
     ap.add_argument("--decoder", choices=sorted(DECODER_SIZES), default="default",
                     help="decoder shape: the default (d 128, 2 layers, 4 prefix vectors) or "
                          "T5-small's (d 512, 6 layers, 8 heads, 30 prefix vectors)")
@@ -161,7 +164,8 @@ def setup(args: argparse.Namespace
     rng = np.random.default_rng(0)
     cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels,
                         **DECODER_SIZES[args.decoder])
-    decoder = CodeDecoder(cfg).eval().compile_decoding(args.compile)
+    decoder = (CodeDecoder(cfg).eval().compile_decoding(args.compile)
+               .fuse_decoding(args.session == "fused"))
     gflops = matmul_gflops()
     queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)

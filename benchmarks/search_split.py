@@ -17,8 +17,10 @@ after each pass ("peak" column; "gemm": against the decoder's own matrix product
 bare, the limit for matrices this small; "dec": the same over the decoder's own time, the
 model share; medians over the passes); queries/s at the largest N >= 0.9x the smallest,
 timed in pairs: each batch searched at both N one right after the other (`paired_ratio`).
-With --compile the decoder runs through torch.compile (the warm-up search of each setting
-compiles) and the compiled / eager queries/s ratio is timed the same way at the smallest N.
+The decoder decodes with the fused CPU session (the default; --session torch: the torch
+session); at the smallest N the fused / torch queries/s ratio is timed the same way. With
+--compile the decoder runs through torch.compile (the warm-up search of each setting
+compiles) and the ratio timed is compiled / fused.
 Prints a table and writes JSON.
 """
 
@@ -180,26 +182,44 @@ def main() -> None:
                              queries, batch=args.batches[-1], rounds=args.rounds)
             ratios.append({"beam": beam, **r})
             print(f"  beam {beam:>2}: {_ratio_line(r)}")
-    compiled = compile_ratios(indexes[small], queries, args) if args.compile else []
+    if args.compile:      # compiled over the default (fused) session
+        title = "compiled / fused session"
+        other = _variant(indexes[small], compile_decoding=False, fuse_decoding=True)
+    elif args.session == "fused":
+        title = "fused / torch session"
+        other = _variant(indexes[small], compile_decoding=False, fuse_decoding=False)
+    else:
+        title, other = "", None
+    decoders = [] if other is None else decoder_ratios(other, indexes[small], queries, args,
+                                                       title)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                     "matmul_gflops": gflops, "rows": rows, "ratios": ratios,
-                                    "compiled_over_eager": compiled},
+                                    "decoder_ratios": {"title": title, "rows": decoders}},
                                    indent=1))
     print(f"wrote {args.out}")
 
 
-def compile_ratios(index: GenerativeIndex, queries: np.ndarray, args) -> list[dict]:
-    """With --compile: queries/s of the compiled decoder over the same decoder eager (a copy,
-    same weights), on the smallest index, per beam and batch, batch by batch in pairs."""
-    eager = copy.copy(index)
-    eager.decoder = copy.deepcopy(index.decoder).compile_decoding(False)
+def _variant(index: GenerativeIndex, **settings: bool) -> GenerativeIndex:
+    """A copy of `index` whose decoder (a copy, same weights) has these settings, e.g.
+    compile_decoding=False: each name is a CodeDecoder method taking a bool."""
+    other = copy.copy(index)
+    other.decoder = copy.deepcopy(index.decoder)
+    for name, value in settings.items():
+        getattr(other.decoder, name)(value)
+    return other
+
+
+def decoder_ratios(base: GenerativeIndex, index: GenerativeIndex, queries: np.ndarray, args,
+                   title: str) -> list[dict]:
+    """queries/s of `index` over `base` (the same index with another decoding path), per beam
+    and batch, batch by batch in pairs."""
     out = []
-    print(f"\ncompiled / eager queries/s, N={len(index):,}, each batch searched by both, "
+    print(f"\n{title} queries/s, N={len(index):,}, each batch searched by both, "
           f"{args.rounds} rounds:")
     for beam in args.beams:
         for batch in args.batches:
-            r = paired_ratio(_searcher(eager, args.k, beam), _searcher(index, args.k, beam),
+            r = paired_ratio(_searcher(base, args.k, beam), _searcher(index, args.k, beam),
                              queries, batch=batch, rounds=args.rounds)
             out.append({"beam": beam, "batch": batch, **r})
             print(f"  beam {beam:>2} batch {batch:>2}: {_ratio_line(r)}")

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from conftest import clustered
-from genir import index as index_module
 from genir.decoder.model import CodeDecoder, DecoderConfig
 from genir.decoder.train import SameLabelSampler, TrainConfig
 from genir.eval import metrics as M
@@ -48,32 +47,48 @@ def naive_expand(index, leaves, leaf_scores):
     return out
 
 
-@pytest.mark.parametrize("pad_up_to", [0, 1000], ids=["packed", "padded"])
-def test_expand_matches_naive_loop(built, monkeypatch, pad_up_to):
-    monkeypatch.setattr(index_module, "PAD_LEAVES_UP_TO", pad_up_to)
-    index = built[0]
-    assert index._max_leaf > 1   # 500 items on 512 IDs: shared IDs
-    leaves = torch.tensor([[3, 0, -1], [1, 2, 5]])
-    scores = torch.tensor([[-0.1, -0.5, float("-inf")], [-1.0, -2.0, -3.0]])
-    cand, cand_scores = index._expand(leaves, scores)
-    for q, ref in enumerate(naive_expand(index, leaves, scores)):
-        got = [(int(i), float(s)) for i, s in zip(cand[q], cand_scores[q], strict=True) if i >= 0]
-        assert got == [(i, pytest.approx(s)) for i, s in ref]
+def naive_top_items(index, leaves, leaf_scores, k, queries=None):
+    """Reference for search's last step (genir.search.results.top_items): the leaves' items
+    in beam order, scored by the leaf or, given queries, by dot product with the item's
+    embedding; a stable sort, best first; -1 / -inf past the candidates."""
+    rows = np.full((len(leaves), k), -1)
+    scores = np.full((len(leaves), k), -np.inf, dtype=np.float32)
+    for q, cands in enumerate(naive_expand(index, leaves, leaf_scores)):
+        if queries is not None:
+            cands = [(item, float(index.item_emb[item] @ queries[q])) for item, _ in cands]
+        best = sorted(cands, key=lambda c: -c[1])[:k]          # sorted() is stable
+        rows[q, :len(best)] = [item for item, _ in best]
+        scores[q, :len(best)] = [score for _, score in best]
+    return scores, rows
 
 
-def test_padded_and_packed_expansion_give_the_same_results(built, monkeypatch):
+@pytest.mark.parametrize("k", [1, 3, 12])
+@pytest.mark.parametrize("rerank", [False, True])
+def test_top_items_matches_naive_sort(built, k, rerank):
+    """Leaves with shared IDs (several items each), a missing leaf (-1), tied leaf scores;
+    k below and above the number of candidates."""
+    from genir.search.results import top_items
+
     index, *_, q, _ = built
-    for rerank in (False, True):
-        got = []
-        for pad_up_to in (0, 1000):
-            monkeypatch.setattr(index_module, "PAD_LEAVES_UP_TO", pad_up_to)
-            got.append(index.search(q, 20, rerank=rerank))
-        assert np.array_equal(got[0][1], got[1][1]) and np.array_equal(got[0][0], got[1][0])
+    assert index.table.max_items_per_id > 1   # 500 items on 512 IDs: shared IDs
+    shared = np.flatnonzero(np.diff(index.table.offsets) > 1)[:3].tolist()
+    leaves = torch.tensor([[3, 0, -1], [1, 2, 5], shared, [shared[1], shared[0], 7]])
+    leaf_scores = torch.tensor([[-0.1, -0.5, float("-inf")], [-1.0, -2.0, -3.0],
+                                [-0.2, -0.2, -0.3], [-0.4, -0.4, -0.4]])
+    scores = np.empty((4, k), dtype=np.float32)
+    rows = np.empty((4, k), dtype=np.int64)
+    queries = q[:4]
+    top_items(leaves.numpy(), leaf_scores.numpy(), index.table.offsets, index.table.items,
+              queries, index.item_emb, rerank, scores, rows)
+    ref_scores, ref_rows = naive_top_items(index, leaves, leaf_scores, k,
+                                           queries if rerank else None)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
 
-def test_unique_ids_skip_the_sort_with_the_same_results(monkeypatch):
-    """One item per ID: search takes the beam's order as is; the packed expansion and the
-    final sort (the general path, forced as if an ID held two items) give the same result."""
+def test_unique_ids_keep_the_beam_order():
+    """One item per ID: search returns the beam's leaves in beam order, as items, with the
+    leaves' scores."""
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(300, 16)).astype(np.float32)
     codes = rng.integers(64, size=(300, 3))
@@ -83,14 +98,15 @@ def test_unique_ids_skip_the_sort_with_the_same_results(monkeypatch):
     index = GenerativeIndex(tokenizer=ResidualQuantizer(RQConfig(num_levels=3, codebook_size=64)),
                             decoder=decoder, item_emb=emb, codes=codes,
                             item_ids=[str(i) for i in range(300)], config=IndexConfig())
-    assert index._max_leaf == 1 and index.table.num_ids == 300
+    assert index.table.max_items_per_id == 1 and index.table.num_ids == 300
     q = rng.normal(size=(9, 16)).astype(np.float32)
-    fast = index.search(q, 10, beam_size=12)
-    index._max_leaf = 2
-    monkeypatch.setattr(index_module, "PAD_LEAVES_UP_TO", 0)
-    slow = index.search(q, 10, beam_size=12)
-    assert np.array_equal(fast[1], slow[1]) and np.array_equal(fast[0], slow[0])
-    assert (fast[1] >= 0).all() and (np.diff(fast[0], axis=1) <= 0).all()
+    scores, rows = index.search(q, 10, beam_size=12)
+    with torch.inference_mode():
+        leaves, leaf_scores = constrained_beam_search(index.decoder.session(torch.from_numpy(q)),
+                                                      index.trie, num_queries=9, beam_size=12)
+    assert np.array_equal(rows, index.table.items[index.table.offsets[leaves[:, :10].numpy()]])
+    assert np.array_equal(scores, leaf_scores[:, :10].numpy())
+    assert (rows >= 0).all() and (np.diff(scores, axis=1) <= 0).all()
 
 
 def test_search_returns_valid_sorted_results_and_learns_classes(built):

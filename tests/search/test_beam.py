@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from genir.decoder.model import CodeDecoder, DecoderConfig
+from genir.decoder.model import CodeDecoder, DecoderConfig, DecoderSession, FusedSession
 from genir.ids.table import IDTable
 from genir.search.beam import constrained_beam_search
 from genir.search.trie import CodeTrie
@@ -20,6 +20,23 @@ def tiny_decoder(sizes=(4, 3, 5), query_dim=6, seed=0, query_tokens=0) -> CodeDe
         for head in model.heads:
             head.weight.mul_(8)
     return model
+
+
+SESSIONS = ["torch", "fused"]
+
+
+def make_session(model: CodeDecoder, queries: torch.Tensor, kind: str) -> DecoderSession:
+    """A session of `kind` over `queries`: the torch one, as autograd-on code gets it (AVG's
+    discriminative loss), or the fused one, as the index's inference-mode search gets it."""
+    if kind == "torch":   # (under inference mode, asked for by name)
+        session = model.session(queries) if torch.is_grad_enabled() else DecoderSession(
+            model, queries)
+        assert type(session) is DecoderSession
+    else:
+        with torch.inference_mode():
+            session = model.session(queries)
+        assert type(session) is FusedSession
+    return session
 
 
 def token_queries(n: int, seed: int) -> torch.Tensor:
@@ -42,8 +59,9 @@ def brute_force(model, queries, unique_ids, k):
     return torch.stack(out_leaf), torch.stack(out_score)
 
 
+@pytest.mark.parametrize("kind", SESSIONS)
 @pytest.mark.parametrize("seed,query_tokens", [(0, 0), (1, 0), (2, 0), (0, 3), (1, 3)])
-def test_full_beam_equals_brute_force(seed, query_tokens):
+def test_full_beam_equals_brute_force(seed, query_tokens, kind):
     rng = np.random.default_rng(seed)
     model = tiny_decoder(seed=seed, query_tokens=query_tokens)
     table = IDTable.from_codes(rng.integers([4, 3, 5], size=(25, 3)))
@@ -52,8 +70,8 @@ def test_full_beam_equals_brute_force(seed, query_tokens):
         5, 6, generator=torch.Generator().manual_seed(seed))
     # a beam as wide as the number of IDs is exact search
     beam = table.num_ids
-    leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=5,
-                                             beam_size=beam)
+    leaves, scores = constrained_beam_search(make_session(model, queries, kind), trie,
+                                             num_queries=5, beam_size=beam)
     ref_leaves, ref_scores = brute_force(model, queries, table.unique_ids, beam)
     torch.testing.assert_close(scores, ref_scores, atol=1e-4, rtol=1e-4)
     assert torch.equal(leaves, ref_leaves)
@@ -74,23 +92,25 @@ def test_beam_never_returns_invalid_ids_and_pads():
     assert (scores[:, :2] >= scores[:, 1:3]).all()
 
 
-def test_beam_results_do_not_depend_on_batch_size():
+@pytest.mark.parametrize("kind", SESSIONS)
+def test_beam_results_do_not_depend_on_batch_size(kind):
     rng = np.random.default_rng(4)
     model = tiny_decoder(seed=4)
     trie = CodeTrie.from_unique_ids(IDTable.from_codes(rng.integers([4, 3, 5], size=(30, 3))).unique_ids)
     queries = torch.randn(6, 6, generator=torch.Generator().manual_seed(5))
-    all_at_once = constrained_beam_search(model.session(queries), trie, num_queries=6, beam_size=4)
-    one_by_one = [constrained_beam_search(model.session(queries[i:i + 1]), trie, num_queries=1,
-                                          beam_size=4) for i in range(6)]
+    all_at_once = constrained_beam_search(make_session(model, queries, kind), trie, num_queries=6,
+                                          beam_size=4)
+    one_by_one = [constrained_beam_search(make_session(model, queries[i:i + 1], kind), trie,
+                                          num_queries=1, beam_size=4) for i in range(6)]
     assert torch.equal(all_at_once[0], torch.cat([r[0] for r in one_by_one]))
     torch.testing.assert_close(all_at_once[1], torch.cat([r[1] for r in one_by_one]))
 
 
-def assert_session_matches_teacher_forcing(model, queries):
+def assert_session_matches_teacher_forcing(model, queries, kind="torch"):
     codes = torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2], [2, 2, 3]])
     with torch.no_grad():
         logits = model(queries, codes)
-    session = model.session(queries)
+    session = make_session(model, queries, kind)
     for level in range(3):
         torch.testing.assert_close(session.log_probs(level), logits[level].log_softmax(-1),
                                    atol=1e-5, rtol=1e-5)
@@ -98,11 +118,12 @@ def assert_session_matches_teacher_forcing(model, queries):
             session.advance(level, codes[:, level:level + 1], torch.zeros(4, 1, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("kind", SESSIONS)
 @pytest.mark.parametrize("query_tokens", [0, 3])   # pooled prefix; 3 tokens, some padded
-def test_incremental_decoding_matches_teacher_forcing(query_tokens):
+def test_incremental_decoding_matches_teacher_forcing(query_tokens, kind):
     model = tiny_decoder(query_tokens=query_tokens)
     queries = token_queries(4, 7) if query_tokens else torch.randn(4, 6)
-    assert_session_matches_teacher_forcing(model, queries)
+    assert_session_matches_teacher_forcing(model, queries, kind)
 
 
 def test_cached_decoding_weights_follow_in_place_updates():
@@ -111,23 +132,93 @@ def test_cached_decoding_weights_follow_in_place_updates():
     weights first made under inference mode must still serve a session with autograd on."""
     model = tiny_decoder(seed=4)
     queries = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
-    assert_session_matches_teacher_forcing(model, queries)
+    for kind in SESSIONS:
+        assert_session_matches_teacher_forcing(model, queries, kind)
     assert model.decoding_weights() is model.decoding_weights()     # made once, then reused
+    assert model.fused_weights() is model.fused_weights()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     model.loss(queries, torch.tensor([[1, 2, 0], [3, 0, 4], [0, 1, 2], [2, 2, 3]])).backward()
     opt.step()
-    assert_session_matches_teacher_forcing(model, queries)
+    for kind in SESSIONS:
+        assert_session_matches_teacher_forcing(model, queries, kind)
     model.load_state_dict(tiny_decoder(seed=5).state_dict())
     with torch.inference_mode():
         assert_session_matches_teacher_forcing(model, queries)
+    assert_session_matches_teacher_forcing(model, queries, "fused")
+    # a parameter or module assigned anew (not in place) after the first search
+    with torch.no_grad():
+        model.heads[1].weight = torch.nn.Parameter(torch.randn_like(model.heads[1].weight))
+        model.ln_f = torch.nn.LayerNorm(16)
+        model.ln_f.bias.fill_(0.5)
+    for kind in SESSIONS:
+        assert_session_matches_teacher_forcing(model, queries, kind)
     opt.zero_grad(set_to_none=True)
     session = model.session(queries)        # autograd on, weights from inference mode
     session.log_probs(0).sum().backward()
     assert model.prefix[0].weight.grad is not None
 
 
+@pytest.mark.parametrize("cfg", [
+    {},                                                   # the tiny test decoder
+    {"d_model": 24, "num_heads": 3, "num_layers": 1, "num_prefix": 5},
+    {"d_model": 32, "num_heads": 1, "num_layers": 3, "mlp_ratio": 2},
+    {"query_tokens": 3},                                  # masked memory, padded tokens
+])
+def test_fused_session_equals_torch_session(cfg):
+    """Both sessions fed the same codes and random parents, with the beam count growing
+    (1 -> 3 -> 7 -> 7 rows a query, so the fused caches grow) and a parent chosen by several
+    beams: log-probabilities agree at every level."""
+    torch.manual_seed(sum(map(ord, str(cfg))))
+    config = DecoderConfig(**{"query_dim": 6, "codebook_sizes": (4, 3, 5, 2), "d_model": 16,
+                              "num_layers": 2, "num_heads": 2, "num_prefix": 3, "dropout": 0.0,
+                              **cfg})
+    model = CodeDecoder(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))   # LN gains, biases and positions off their init
+    queries = token_queries(5, 3) if config.query_tokens else torch.randn(5, 6)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        fused, ref = FusedSession(model, queries), DecoderSession(model, queries)
+        width = 1
+        for level, beams in enumerate((3, 7, 7, None)):
+            torch.testing.assert_close(fused.log_probs(level), ref.log_probs(level),
+                                       atol=2e-5, rtol=1e-5)
+            if beams is None:
+                break
+            codes = torch.randint(config.codebook_sizes[level], (5, beams), generator=gen)
+            parent = torch.randint(width, (5, beams), generator=gen)
+            parent[:, :2] = 0                               # shared parents
+            fused.advance(level, codes, parent)
+            ref.advance(level, codes, parent)
+            width = beams
+
+
+def test_session_kind_follows_how_it_is_asked_for():
+    """Inference on CPU in float32 takes the fused session; autograd on, training mode,
+    fuse_decoding(False), compile_decoding and float64 take the torch one."""
+    model = tiny_decoder()
+    queries = torch.randn(2, 6)
+    with torch.inference_mode():
+        assert type(model.session(queries)) is FusedSession
+    with torch.no_grad():
+        assert type(model.session(queries)) is FusedSession
+    assert type(model.session(queries)) is DecoderSession
+    with torch.inference_mode():
+        assert type(model.train().session(queries)) is DecoderSession
+        model.eval()
+        assert type(model.fuse_decoding(False).session(queries)) is DecoderSession
+        model.fuse_decoding()
+        model.compiled_decoding = True                  # (not run: only which session)
+        assert type(model.session(queries)) is DecoderSession
+        model.compiled_decoding = False
+        assert type(model.double().session(queries.double())) is DecoderSession
+        assert type(model.float().session(queries)) is FusedSession
+
+
+@pytest.mark.parametrize("kind", SESSIONS)
 @pytest.mark.parametrize("seed,beam", [(0, 3), (1, 5), (2, 8)])
-def test_fast_beam_search_equals_slow_reference(seed, beam):
+def test_fast_beam_search_equals_slow_reference(seed, beam, kind):
     from genir.search.reference import reference_beam_search
 
     rng = np.random.default_rng(seed)
@@ -135,8 +226,8 @@ def test_fast_beam_search_equals_slow_reference(seed, beam):
     table = IDTable.from_codes(rng.integers([4, 3, 5], size=(30, 3)))
     trie = CodeTrie.from_unique_ids(table.unique_ids)
     queries = torch.randn(4, 6, generator=torch.Generator().manual_seed(seed))
-    leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=4,
-                                             beam_size=beam)
+    leaves, scores = constrained_beam_search(make_session(model, queries, kind), trie,
+                                             num_queries=4, beam_size=beam)
     ref_ids, ref_scores = reference_beam_search(model, queries, table.unique_ids, beam_size=beam)
     for q in range(4):
         got = [tuple(table.unique_ids[leaf].tolist()) for leaf in leaves[q].tolist() if leaf >= 0]
@@ -280,7 +371,8 @@ def test_padding_tokens_are_masked_out():
         DecoderConfig(query_dim=6, query_tokens=4)
 
 
-def test_dense_levels_take_the_fast_path_and_agree_with_brute_force():
+@pytest.mark.parametrize("kind", SESSIONS)
+def test_dense_levels_take_the_fast_path_and_agree_with_brute_force(kind):
     """Every (a, b) prefix present: levels 0 and 1 are complete (child = parent * K + code);
     results equal exhaustive scoring and the general path's."""
     rng = np.random.default_rng(3)
@@ -292,12 +384,12 @@ def test_dense_levels_take_the_fast_path_and_agree_with_brute_force():
     model = tiny_decoder(seed=3)
     queries = torch.randn(6, 6, generator=torch.Generator().manual_seed(3))
     for beam in (3, 7, table.num_ids):
-        leaves, scores = constrained_beam_search(model.session(queries), trie, num_queries=6,
-                                                 beam_size=beam)
+        leaves, scores = constrained_beam_search(make_session(model, queries, kind), trie,
+                                                 num_queries=6, beam_size=beam)
         general = CodeTrie(trie.node_code, trie.child_start, trie.max_children,
                            complete=[False] * 3)
-        ref_leaves, ref_scores = constrained_beam_search(model.session(queries), general,
-                                                         num_queries=6, beam_size=beam)
+        ref_leaves, ref_scores = constrained_beam_search(make_session(model, queries, kind),
+                                                         general, num_queries=6, beam_size=beam)
         assert torch.equal(leaves, ref_leaves)
         torch.testing.assert_close(scores, ref_scores)
     exact_leaves, exact_scores = brute_force(model, queries, table.unique_ids, table.num_ids)
@@ -318,7 +410,7 @@ def test_compiled_decoding_equals_eager():
     for n in (5, 3):
         queries = token_queries(n, n)
         with torch.inference_mode():
-            eager = constrained_beam_search(model.session(queries), trie, num_queries=n,
+            eager = constrained_beam_search(DecoderSession(model, queries), trie, num_queries=n,
                                             beam_size=6)
             model.compile_decoding()
             session = model.session(queries)

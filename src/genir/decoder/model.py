@@ -15,7 +15,9 @@ only ever computed over the current level's vocabulary.
 `DecoderSession` is the incremental form used by beam search: the memory's cross-attention
 keys/values are computed once per query and shared by all its beams (broadcast, not
 copied); the self-attention cache grows by one position per level and is re-ordered by
-the beams that survive. Training is in `genir.decoder.train`.
+the beams that survive. `FusedSession` is the same for CPU float32 inference, with the
+work between the matrix products in numba kernels (`genir.decoder.fused`); `session`
+picks it where it applies. Training is in `genir.decoder.train`.
 
 `init_code_embeddings` is AVG's voken embedding (sec. 3.2, "copy the voken's embedding into
 the vocabulary"): each level's code embedding table starts from the tokenizer's codebook
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from genir.decoder.fused import FusedWeights, fusable, reorder_ancestry, run_level
 
 # T5-small's decoder shape (6 layers, d 512, 8 heads, MLP 2,048 = 4 d) fed GENIUS's 30
 # prefix vectors: the size issue 6 compares the default against (DecoderConfig fields)
@@ -146,7 +150,9 @@ class CodeDecoder(nn.Module):
             nn.init.normal_(p, std=0.02)
         # decoding_weights' cache: (parameter versions, weights)
         self._decoding: tuple[tuple, list[tuple[torch.Tensor, ...]]] | None = None
+        self._fused: tuple[tuple, FusedWeights | None] | None = None  # fused_weights' cache
         self.compiled_decoding = False  # see compile_decoding
+        self.fused_decoding = True      # see fuse_decoding
 
     def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
@@ -192,15 +198,41 @@ class CodeDecoder(nn.Module):
                             for lv, lg in enumerate(logits)], 1).sum(1)
 
     def session(self, query: torch.Tensor) -> DecoderSession:
-        return DecoderSession(self, query)
+        """Incremental decoding state for beam search over `query` (B, query_dim): the fused
+        CPU session (`genir.decoder.fused`) for float32 inference on CPU, else the torch one
+        (autograd on, training mode, another device or dtype, or `compile_decoding`)."""
+        return FusedSession(self, query) if fusable(self, query) else DecoderSession(self, query)
+
+    def fuse_decoding(self, enabled: bool = True) -> CodeDecoder:
+        """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
+        on by default): with the default decoder 1.1-1.3x the queries/s of the torch session
+        at batch 32 and 1.5-1.6x at batch 1 (timed in pairs, docs/benchmarks.md). Off:
+        always the torch session. Returns the model."""
+        self.fused_decoding = bool(enabled)
+        return self
+
+    def fused_weights(self) -> FusedWeights | None:
+        """The arrays `FusedSession` reads, made once and kept until a parameter changes (in
+        place, as training and load_state_dict do, new data, as `.to` does, or a new
+        parameter or module assigned); None when a parameter is not float32 on CPU."""
+        key = tuple(_parameter_state(self, []))
+        if self._fused is None or self._fused[0] != key:
+            ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
+                     for p in self.parameters())
+            self._fused = (key, FusedWeights(self) if ok else None)
+        return self._fused[1]
+
+    def float32_on_cpu(self) -> bool:
+        return self.fused_weights() is not None
 
     def compile_decoding(self, enabled: bool = True) -> CodeDecoder:
         """Run search sessions (those made with autograd off) through `torch.compile`.
         The first searches compile (on 2 CPU cores: ~1 min for the first, 35-50 s for each
         new beam or batch size until shapes turn dynamic; seconds per graph once inductor's
-        on-disk cache holds them); later batched searches ran 1.07-1.39x as fast at batch
-        32, not faster at batch 1 (docs/benchmarks.md). Off by default; needs a C++
-        compiler on CPU. Not saved with the model. Returns the model."""
+        on-disk cache holds them); later batched searches ran 1.07-1.39x as fast as the
+        torch session at batch 32, not faster at batch 1, and 0.97x (beam 10) / 1.07x (beam
+        30) the fused CPU session, the default (docs/benchmarks.md). Off by default; needs
+        a C++ compiler on CPU. Not saved with the model. Returns the model."""
         self.compiled_decoding = bool(enabled)
         return self
 
@@ -235,6 +267,19 @@ class CodeDecoder(nn.Module):
                         ca.q.weight * scale, ca.q.bias * scale))
             self._decoding = (key, weights)
         return self._decoding[1]
+
+
+def _parameter_state(module: nn.Module, out: list) -> list:
+    """(parameter, version, data pointer) of every parameter under `module`, appended to
+    `out`: `fused_weights`' cache key. A plain walk of the module dicts: `parameters()`'s
+    generators took 215 us a call, 2% of a batch-32 search with the default decoder."""
+    for p in module._parameters.values():
+        if p is not None:
+            out += (id(p), p._version, p.data_ptr())
+    for child in module._modules.values():
+        if child is not None:
+            _parameter_state(child, out)
+    return out
 
 
 class DecoderSession:
@@ -276,15 +321,79 @@ class DecoderSession:
         return self.logp
 
     def advance(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        """Feed `codes` (Q, B') at `level`; beam b' of query q continues beam parent[q, b']."""
         if level != self.level:
             raise ValueError(f"the session is at level {self.level}, asked to feed {level}")
+        self._step(level, codes, parent)
+        self.level = level + 1
+
+    def _step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
         q, beams = codes.shape
         width = self.logp.shape[0] // q
         rows = (parent + torch.arange(q)[:, None] * width).view(-1)  # (Q * beams,)
         self.cache, self.logp = self._advance(self.model, self.weights, self.memory_kv,
                                               self.memory_mask, self.cache, codes.reshape(-1),
                                               rows, q, beams, level)
-        self.level = level + 1
+
+
+class FusedSession(DecoderSession):
+    """`DecoderSession` for CPU float32 inference with the level step fused
+    (`genir.decoder.fused`): the same log-probabilities to ~1e-6. Made by
+    `CodeDecoder.session` when `genir.decoder.fused.fusable` says so."""
+
+    def __init__(self, model: CodeDecoder, query: torch.Tensor) -> None:
+        with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
+            self._start(model, query)
+
+    def _start(self, model: CodeDecoder, query: torch.Tensor) -> None:
+        cfg = model.config
+        q = self.num_queries = query.shape[0]
+        self.model, self.compiled, self.level = model, False, 0
+        mem, mask = model.memory(query)
+        self.mask = (np.ones((q, mem.shape[1]), dtype=np.bool_) if mask is None
+                     else mask.numpy())
+        # the memory's cross-attention keys/values once per query, (Q, H, N, hd) each
+        self.memory = [tuple(t.contiguous().numpy()
+                             for t in blk.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
+                       for blk in model.blocks]
+        weights = model.fused_weights()
+        if weights is None:
+            raise ValueError("FusedSession needs a float32 model on the CPU (see "
+                             "genir.decoder.fused.fusable)")
+        self.weights_fused = weights
+        hd2 = 2 * (cfg.d_model // cfg.num_heads)
+        # per block, each level's keys | values where they were written: (levels, rows, H, 2 hd);
+        # anc[p, r]: the row of level p that row r's beam descends from
+        self.kv = [np.empty((cfg.num_levels, q, cfg.num_heads, hd2), dtype=np.float32)
+                   for _ in model.blocks]
+        self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
+        self.anc[0] = np.arange(q)
+        x = (model.bos.expand(q, -1) + model.pos[0]).contiguous()
+        self.logp = run_level(self.weights_fused, self.kv, self.anc, self.memory, self.mask,
+                              x, 0, 1)
+
+    def _step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        with torch.inference_mode():
+            self._fused_step(level, codes, parent)
+
+    def _fused_step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        q, beams = codes.shape
+        width = self.logp.shape[0] // q
+        rows = (parent + torch.arange(q)[:, None] * width).view(-1).numpy()
+        n, t = q * beams, level + 1
+        if n > self.anc.shape[1]:   # more beams than rows so far: grow, keep levels < t
+            anc = np.zeros((self.anc.shape[0], n), dtype=np.int64)
+            anc[:t, :self.anc.shape[1]] = self.anc[:t]
+            self.anc = anc
+            for i, old in enumerate(self.kv):
+                kv = np.empty((old.shape[0], n, *old.shape[2:]), dtype=np.float32)
+                kv[:t, :old.shape[1]] = old[:t]
+                self.kv[i] = kv
+        reorder_ancestry(self.anc, rows, t)
+        x = (self.model.code_emb[level](codes.reshape(-1))  # type: ignore[operator]
+             + self.model.pos[t]).contiguous()
+        self.logp = run_level(self.weights_fused, self.kv, self.anc, self.memory, self.mask,
+                              x, t, beams)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
