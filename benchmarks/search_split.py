@@ -143,7 +143,7 @@ def main() -> None:
                     help="passes per setting: the fastest gives q/s and shares, the median "
                          "the fractions of the machine limits")
     ap.add_argument("--rounds", type=int, default=7,
-                    help="passes over the queries for the paired ratios (N, compiled/eager)")
+                    help="passes over the queries for the paired ratios (N, fused/torch or compiled/fused)")
     args = ap.parse_args()
     cfg, decoder, queries, gflops, rng = setup(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder d={cfg.d_model} "

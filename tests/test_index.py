@@ -36,7 +36,7 @@ def built():
 
 
 def naive_expand(index, leaves, leaf_scores):
-    """Reference for GenerativeIndex._expand: loop over beams and their items."""
+    """The items of each query's leaves in beam order, with the leaf's score."""
     out = []
     for q in range(leaves.shape[0]):
         row = []
@@ -257,3 +257,9 @@ def test_many_single_adds_equal_one_index_of_all_rows(built):
     for rerank in (False, True):
         a, b = grown.search(q, 10, rerank=rerank), at_once.search(q, 10, rerank=rerank)
         assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+
+
+def test_query_emb_needs_one_row_per_query(built):
+    index, *_, q, _ = built
+    with pytest.raises(ValueError, match="one row per query"):
+        index.search(q, 5, rerank=True, query_emb=q[:2])

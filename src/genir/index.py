@@ -337,6 +337,9 @@ class GenerativeIndex:
         rerank = self.config.search.rerank if rerank is None else rerank
         beam = max(beam, min(k, self.table.num_ids))  # k results need k beams when IDs are unique
         rq = q if query_emb is None else np.asarray(query_emb, dtype=np.float32)
+        if rq.ndim != 2 or len(rq) != len(q):
+            raise ValueError(f"query_emb must have one row per query ({len(q)}), got shape "
+                             f"{rq.shape}")
         if rerank and rq.shape[1] != self.item_emb.shape[1]:
             raise ValueError("rerank needs queries in the items' embedding space: pass "
                              f"query_emb of width {self.item_emb.shape[1]}")

@@ -26,8 +26,8 @@ SESSIONS = ["torch", "fused"]
 
 
 def make_session(model: CodeDecoder, queries: torch.Tensor, kind: str) -> DecoderSession:
-    """A session of `kind` over `queries`: the torch one, as autograd-on code gets it (AVG's
-    discriminative loss), or the fused one, as the index's inference-mode search gets it."""
+    """A session of `kind` over `queries`: the torch one, as autograd-on code gets it, or
+    the fused one, as inference-mode searches (the index's, AVG's discriminative loss) get it."""
     if kind == "torch":   # (under inference mode, asked for by name)
         session = model.session(queries) if torch.is_grad_enabled() else DecoderSession(
             model, queries)
@@ -450,3 +450,27 @@ def test_session_refuses_levels_out_of_order():
         with pytest.raises(ValueError, match="at level 0"):
             session.advance(1, torch.zeros(2, 1, dtype=torch.int64),
                             torch.zeros(2, 1, dtype=torch.int64))
+
+
+def test_fused_session_refuses_what_its_kernels_cannot_check():
+    """The fused kernels read and write without bounds checks: a parent outside the live
+    beams, a code outside the level's table and an advance past the last level are refused
+    before the session changes, and the session still decodes correctly afterwards."""
+    model = tiny_decoder()
+    queries = torch.randn(2, 6)
+    ref = make_session(model, queries, "torch")
+    session = make_session(model, queries, "fused")
+    zeros = torch.zeros(2, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="parent"):
+        session.advance(0, zeros, zeros + 1)               # width is 1 at level 0
+    with pytest.raises(IndexError):
+        session.advance(0, zeros + 4, zeros)               # level 0 has codes 0..3
+    codes = torch.tensor([[1, 2, 0], [2, 0, 1]])            # valid at levels 0 and 1
+    for level in (0, 1):
+        parent = zeros if level == 0 else torch.tensor([[2, 0, 0], [1, 1, 2]])
+        session.advance(level, codes, parent)
+        ref.advance(level, codes, parent)
+        torch.testing.assert_close(session.log_probs(level + 1), ref.log_probs(level + 1),
+                                   atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="last"):
+        session.advance(2, codes, zeros)

@@ -19,7 +19,7 @@ of level p the beam in row r descends from. Re-ordering the beams only re-maps t
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs:
-1.2-1.3x the torch session's queries/s at batch 32, 1.5-1.6x at batch 1 (docs/
+1.1-1.3x the torch session's queries/s at batch 32, 1.5-1.6x at batch 1 (docs/
 benchmarks.md). Used by `CodeDecoder.session` for inference on CPU in float32 (autograd
 off, eval mode, not compiled); everything else takes the torch session. The kernels
 compile once per install into numba's cache (2.5 s), then load in 0.36 s per process.
@@ -72,22 +72,6 @@ def _add_ln(x, o, bias, add, ln, out):  # type: ignore[no-untyped-def]
         outr = out[r]
         for j in range(d):
             outr[j] = (xr[j] - mean) * inv * gamma[j] + beta[j]
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
-def _softmax(s):  # type: ignore[no-untyped-def]
-    """s <- softmax(s) in place (-inf entries get weight 0; at least one is finite)."""
-    top = F32(-np.inf)
-    for p in range(s.shape[0]):
-        top = max(top, s[p])
-    total = F32(0.0)
-    for p in range(s.shape[0]):
-        e = np.exp(s[p] - top)
-        s[p] = e
-        total += e
-    inv = F32(1.0) / total
-    for p in range(s.shape[0]):
-        s[p] *= inv
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)

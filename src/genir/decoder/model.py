@@ -338,7 +338,7 @@ class DecoderSession:
 
 class FusedSession(DecoderSession):
     """`DecoderSession` for CPU float32 inference with the level step fused
-    (`genir.decoder.fused`): the same log-probabilities to ~1e-6. Made by
+    (`genir.decoder.fused`): the same log-probabilities to ~2e-6. Made by
     `CodeDecoder.session` when `genir.decoder.fused.fusable` says so."""
 
     def __init__(self, model: CodeDecoder, query: torch.Tensor) -> None:
@@ -377,8 +377,18 @@ class FusedSession(DecoderSession):
             self._fused_step(level, codes, parent)
 
     def _fused_step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        # the kernels do not bounds-check: refuse what the torch session would fail on,
+        # before anything in the session changes
         q, beams = codes.shape
         width = self.logp.shape[0] // q
+        if level + 1 >= self.model.config.num_levels:
+            raise ValueError(f"level {level} is the last: there is no next code to score")
+        if parent.shape != codes.shape or (parent.numel() and not (
+                0 <= int(parent.min()) and int(parent.max()) < width)):
+            raise ValueError(f"parent must be (Q, beams) = {tuple(codes.shape)} with values in "
+                             f"0..{width - 1}, got shape {tuple(parent.shape)}")
+        x = (self.model.code_emb[level](codes.reshape(-1))  # type: ignore[operator]
+             + self.model.pos[level + 1]).contiguous()      # (checks the codes' range)
         rows = (parent + torch.arange(q)[:, None] * width).view(-1).numpy()
         n, t = q * beams, level + 1
         if n > self.anc.shape[1]:   # more beams than rows so far: grow, keep levels < t
@@ -390,8 +400,6 @@ class FusedSession(DecoderSession):
                 kv[:t, :old.shape[1]] = old[:t]
                 self.kv[i] = kv
         reorder_ancestry(self.anc, rows, t)
-        x = (self.model.code_emb[level](codes.reshape(-1))  # type: ignore[operator]
-             + self.model.pos[t]).contiguous()
         self.logp = run_level(self.weights_fused, self.kv, self.anc, self.memory, self.mask,
                               x, t, beams)
 

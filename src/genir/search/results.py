@@ -4,11 +4,12 @@ Leaves are IDs (`IDTable` rows); an ID may hold several items (colliding codes).
 query, `top_items` lists the items of its leaves in beam order, scores them (the leaf's
 log-probability, or with rerank the dot product of the query with the item's embedding),
 sorts them by score, stable (ties keep beam order, so results never depend on the batch),
-and keeps the best k; slots past the candidates are -1 with score -inf.
+and keeps the best k; slots past the candidates are -1 with score -inf. A NaN rerank score
+(a NaN embedding) sorts last; an infinite one is kept as a result.
 
 It replaced ~15 torch operations a batch (leaf expansion padded or packed, an index_select
 and bmm for rerank, a stable sort and gathers): each cost 5-50 us on 2 cores, together
-3-6% of a batch-32 query at N = 1M (docs/benchmarks.md). Its reference in the tests is a
+2-6% of a batch-32 query at N = 1M (docs/benchmarks.md). Its reference in the tests is a
 plain Python loop over the leaves and `sorted`.
 """
 
