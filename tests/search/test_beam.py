@@ -214,6 +214,9 @@ def test_session_kind_follows_how_it_is_asked_for():
         model.compiled_decoding = False
         assert type(model.double().session(queries.double())) is DecoderSession
         assert type(model.float().session(queries)) is FusedSession
+        with pytest.raises(ValueError, match="float32"):      # no fused weights for float64
+            FusedSession(model.double(), queries.double())
+        model.float()
 
 
 @pytest.mark.parametrize("kind", SESSIONS)

@@ -220,11 +220,12 @@ def _ln(m: nn.Module) -> tuple:
 
 
 def fusable(model: CodeDecoder, query: torch.Tensor) -> bool:
-    """Whether `FusedSession` can serve this query: inference (autograd off, eval mode), not
-    compiled, CPU float32 model and query."""
+    """Whether this query is asked for in a way `FusedSession` serves: inference (autograd
+    off, eval mode), not compiled, a float32 query on the CPU. The model's own parameters
+    are checked by `CodeDecoder.fused_weights` (None unless all are float32 on the CPU)."""
     return (model.fused_decoding and not model.compiled_decoding and not torch.is_grad_enabled()
             and not model.training and query.device.type == "cpu"
-            and query.dtype == torch.float32 and model.float32_on_cpu())
+            and query.dtype == torch.float32)
 
 
 def run_level(w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,

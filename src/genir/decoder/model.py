@@ -201,7 +201,10 @@ class CodeDecoder(nn.Module):
         """Incremental decoding state for beam search over `query` (B, query_dim): the fused
         CPU session (`genir.decoder.fused`) for float32 inference on CPU, else the torch one
         (autograd on, training mode, another device or dtype, or `compile_decoding`)."""
-        return FusedSession(self, query) if fusable(self, query) else DecoderSession(self, query)
+        weights = self.fused_weights() if fusable(self, query) else None
+        if weights is None:
+            return DecoderSession(self, query)
+        return FusedSession(self, query, weights)
 
     def fuse_decoding(self, enabled: bool = True) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
@@ -221,9 +224,6 @@ class CodeDecoder(nn.Module):
                      for p in self.parameters())
             self._fused = (key, FusedWeights(self) if ok else None)
         return self._fused[1]
-
-    def float32_on_cpu(self) -> bool:
-        return self.fused_weights() is not None
 
     def compile_decoding(self, enabled: bool = True) -> CodeDecoder:
         """Run search sessions (those made with autograd off) through `torch.compile`.
@@ -339,9 +339,16 @@ class DecoderSession:
 class FusedSession(DecoderSession):
     """`DecoderSession` for CPU float32 inference with the level step fused
     (`genir.decoder.fused`): the same log-probabilities to ~2e-6. Made by
-    `CodeDecoder.session` when `genir.decoder.fused.fusable` says so."""
+    `CodeDecoder.session` when `genir.decoder.fused.fusable` says so and the model has
+    fused weights (`weights`: `model.fused_weights()`, which it looks up when not given)."""
 
-    def __init__(self, model: CodeDecoder, query: torch.Tensor) -> None:
+    def __init__(self, model: CodeDecoder, query: torch.Tensor,
+                 weights: FusedWeights | None = None) -> None:
+        weights = model.fused_weights() if weights is None else weights
+        if weights is None:
+            raise ValueError("FusedSession needs a float32 model on the CPU (see "
+                             "CodeDecoder.fused_weights)")
+        self.weights_fused = weights
         with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
             self._start(model, query)
 
@@ -356,11 +363,6 @@ class FusedSession(DecoderSession):
         self.memory = [tuple(t.contiguous().numpy()
                              for t in blk.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
                        for blk in model.blocks]
-        weights = model.fused_weights()
-        if weights is None:
-            raise ValueError("FusedSession needs a float32 model on the CPU (see "
-                             "genir.decoder.fused.fusable)")
-        self.weights_fused = weights
         hd2 = 2 * (cfg.d_model // cfg.num_heads)
         # per block, each level's keys | values where they were written: (levels, rows, H, 2 hd);
         # anc[p, r]: the row of level p that row r's beam descends from
