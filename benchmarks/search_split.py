@@ -18,7 +18,8 @@ bare, the limit for matrices this small; "dec": the same over the decoder's own 
 model share; medians over the passes); queries/s at the largest N >= 0.9x the smallest,
 timed in pairs: each batch searched at both N one right after the other (`paired_ratio`).
 The decoder decodes with the fused CPU session (the default; --session torch: the torch
-session); at the smallest N the fused / torch queries/s ratio is timed the same way. With
+session, fused-serial: the fused one with its kernels on one thread); at the smallest N the
+fused / torch and fused / fused-serial queries/s ratios are timed the same way. With
 --compile the decoder runs through torch.compile (the warm-up search of each setting
 compiles) and the ratio timed is compiled / fused.
 Prints a table and writes JSON.
@@ -182,31 +183,36 @@ def main() -> None:
                              queries, batch=args.batches[-1], rounds=args.rounds)
             ratios.append({"beam": beam, **r})
             print(f"  beam {beam:>2}: {_ratio_line(r)}")
+    others = []           # (title, the same index decoding another way)
     if args.compile:      # compiled over the default (fused) session
-        title = "compiled / fused session"
-        other = _variant(indexes[small], compile_decoding=False, fuse_decoding=True)
+        others.append(("compiled / fused session",
+                       _variant(indexes[small], compile_decoding=False, fuse_decoding=True)))
     elif args.session == "fused":
-        title = "fused / torch session"
-        other = _variant(indexes[small], compile_decoding=False, fuse_decoding=False)
-    else:
-        title, other = "", None
-    decoders = [] if other is None else decoder_ratios(other, indexes[small], queries, args,
-                                                       title)
+        others.append(("fused / torch session",
+                       _variant(indexes[small], compile_decoding=False, fuse_decoding=False)))
+        others.append(("fused / fused-serial session (kernels on one thread)",
+                       _variant(indexes[small], compile_decoding=False,
+                                fuse_decoding={"parallel": False})))
+    decoders = [{"title": title, "rows": decoder_ratios(other, indexes[small], queries, args,
+                                                        title)}
+                for title, other in others]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                     "matmul_gflops": gflops, "rows": rows, "ratios": ratios,
-                                    "decoder_ratios": {"title": title, "rows": decoders}},
+                                    "decoder_ratios": decoders},
                                    indent=1))
     print(f"wrote {args.out}")
 
 
-def _variant(index: GenerativeIndex, **settings: bool) -> GenerativeIndex:
+def _variant(index: GenerativeIndex, **settings: bool | dict) -> GenerativeIndex:
     """A copy of `index` whose decoder (a copy, same weights) has these settings, e.g.
-    compile_decoding=False: each name is a CodeDecoder method taking a bool."""
+    compile_decoding=False or fuse_decoding={"parallel": False}: each name is a CodeDecoder
+    method, called with the bool or the keyword arguments."""
     other = copy.copy(index)
     other.decoder = copy.deepcopy(index.decoder)
     for name, value in settings.items():
-        getattr(other.decoder, name)(value)
+        method = getattr(other.decoder, name)
+        method(**value) if isinstance(value, dict) else method(value)
     return other
 
 

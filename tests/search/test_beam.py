@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 import pytest
 import torch
 
+from genir.decoder import fused
 from genir.decoder.model import CodeDecoder, DecoderConfig, DecoderSession, FusedSession
 from genir.ids.table import IDTable
 from genir.search.beam import constrained_beam_search
@@ -22,20 +26,27 @@ def tiny_decoder(sizes=(4, 3, 5), query_dim=6, seed=0, query_tokens=0) -> CodeDe
     return model
 
 
-SESSIONS = ["torch", "fused"]
+SESSIONS = ["torch", "fused", "fused-serial"]
 
 
 def make_session(model: CodeDecoder, queries: torch.Tensor, kind: str) -> DecoderSession:
     """A session of `kind` over `queries`: the torch one, as autograd-on code gets it, or
-    the fused one, as inference-mode searches (the index's, AVG's discriminative loss) get it."""
+    the fused one, as inference-mode searches (the index's, AVG's discriminative loss) get it,
+    its kernels on torch's threads ("fused", the default) or on one ("fused-serial")."""
     if kind == "torch":   # (under inference mode, asked for by name)
         session = model.session(queries) if torch.is_grad_enabled() else DecoderSession(
             model, queries)
         assert type(session) is DecoderSession
-    else:
+        return session
+    model.fuse_decoding(parallel=kind == "fused")
+    try:
         with torch.inference_mode():
             session = model.session(queries)
-        assert type(session) is FusedSession
+    finally:
+        model.fuse_decoding()
+    assert type(session) is FusedSession
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    assert session.kernels.threads == (threads if kind == "fused" else 1)
     return session
 
 
@@ -164,15 +175,16 @@ def test_cached_decoding_weights_follow_in_place_updates():
     {"d_model": 32, "num_heads": 1, "num_layers": 3, "mlp_ratio": 2},
     {"query_tokens": 3},                                  # masked memory, padded tokens
 ])
-def test_fused_session_equals_torch_session(cfg):
+@pytest.mark.parametrize("parallel", [True, False])
+def test_fused_session_equals_torch_session(cfg, parallel):
     """Both sessions fed the same codes and random parents, with the beam count growing
     (1 -> 3 -> 7 -> 7 rows a query, so the fused caches grow) and a parent chosen by several
-    beams: log-probabilities agree at every level."""
+    beams: log-probabilities agree at every level, fused kernels on threads or not."""
     torch.manual_seed(sum(map(ord, str(cfg))))
     config = DecoderConfig(**{"query_dim": 6, "codebook_sizes": (4, 3, 5, 2), "d_model": 16,
                               "num_layers": 2, "num_heads": 2, "num_prefix": 3, "dropout": 0.0,
                               **cfg})
-    model = CodeDecoder(config).eval()
+    model = CodeDecoder(config).eval().fuse_decoding(parallel=parallel)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))   # LN gains, biases and positions off their init
@@ -192,6 +204,73 @@ def test_fused_session_equals_torch_session(cfg):
             fused.advance(level, codes, parent)
             ref.advance(level, codes, parent)
             width = beams
+
+
+def test_parallel_kernels_split_rows_like_serial_ones():
+    """The attention kernels split rows into `chunks` ranges (one per thread): any chunk
+    count, rows not divisible by it included, gives the serial kernels' output; the
+    parallel layer norm equals the serial one."""
+    rng = np.random.default_rng(0)
+    rows, heads, hd, t, levels, n_mem, beams = 7, 2, 4, 2, 3, 3, 7
+    d = heads * hd
+    kv = rng.normal(size=(levels, rows, heads, 2 * hd)).astype(np.float32)
+    anc = rng.integers(rows, size=(levels, rows))
+    anc[t] = np.arange(rows)
+    qkv = rng.normal(size=(rows, 3 * d)).astype(np.float32)
+    hc = rng.normal(size=(rows, d)).astype(np.float32)
+    bias = rng.normal(size=3 * d).astype(np.float32)
+    mem = rng.normal(size=(2, 1, heads, n_mem, hd)).astype(np.float32)
+    mask = np.array([[True, False, True]])
+    mem_k, mem_v = mem[0], mem[1]          # one query: (1, H, N, hd)
+    outs = {}
+    for kernels, chunks in ((fused.SERIAL, 1), (fused.PARALLEL, 1), (fused.PARALLEL, 2),
+                            (fused.PARALLEL, 3), (fused.PARALLEL, 7)):
+        y_self, y_cross = np.zeros((rows, d), np.float32), np.zeros((rows, d), np.float32)
+        cache = kv.copy()
+        kernels.self_attn(qkv, bias, cache, anc, t, y_self, chunks)
+        kernels.cross_attn(hc, bias[:d], mem_k, mem_v, mask, beams, y_cross, chunks)
+        outs[kernels.add_ln, chunks] = (y_self, y_cross, cache)
+    ref = outs[fused.SERIAL.add_ln, 1]
+    assert (np.abs(ref[0]).max(axis=1) > 0).all() and (np.abs(ref[1]).max(axis=1) > 0).all()
+    for out in outs.values():
+        for a, b in zip(out, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    x = rng.normal(size=(rows, d)).astype(np.float32)
+    ln = (rng.normal(size=d).astype(np.float32), rng.normal(size=d).astype(np.float32),
+          np.float32(1e-5))
+    ln_out = []
+    for kernels in (fused.SERIAL, fused.PARALLEL):
+        xs, out = x.copy(), np.zeros_like(x)
+        kernels.add_ln(xs, hc, bias[:d], True, ln, out)
+        ln_out.append((xs, out))
+    for a, b in zip(*ln_out, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_row_kernels_choice(monkeypatch):
+    """Parallel kernels on torch's thread count; one thread when asked, when torch has
+    one, in a forked child (numba's OpenMP layer would abort it) and, with a warning, when
+    numba has no thread-safe threading layer."""
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    chosen = fused.row_kernels(True)
+    assert chosen.threads == threads
+    assert chosen.self_attn is (fused.PARALLEL if threads > 1 else fused.SERIAL).self_attn
+    assert fused.row_kernels(False) is fused.SERIAL
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert fused.row_kernels(True) is fused.SERIAL
+    finally:
+        torch.set_num_threads(previous)
+    if threads < 2:
+        return
+    monkeypatch.setattr(fused, "_THREADS_PID", os.getpid() + 1)       # a forked child
+    assert fused.row_kernels(True) is fused.SERIAL
+    monkeypatch.setattr(fused, "_THREADS_PID", None)                  # first call, no layer
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+    with pytest.warns(RuntimeWarning, match="workqueue"):
+        assert fused.row_kernels(True) is fused.SERIAL
+    assert fused.row_kernels(True) is fused.SERIAL                    # decided once
 
 
 def test_session_kind_follows_how_it_is_asked_for():

@@ -5,34 +5,47 @@ about a third of its time in the torch session (addmm 36% in a profile): the res
 small torch operations a block (layer norms, bias copies, residual adds, the cache gather
 and concatenation, the attention's batched products over 1-30 keys), each a pass over a
 (rows, d) array plus 5-50 us of dispatch. `FusedSession` keeps the products in torch
-(`torch.mm`, MKL) and does everything between them in four compiled loops over the rows:
+(`torch.mm`, MKL) and does everything between them in compiled loops over the rows:
 
   _add_ln           residual + bias + layer norm in one pass (x is updated in place)
   _self_attn        the new position's keys/values written once, attention over the cache
   _cross_attn       attention over the query's memory (shared by its beams, padding masked)
-  reorder_ancestry  the surviving beams' ancestry (ints), instead of copying their caches
+  next_level        the surviving beams' ancestry (ints, instead of copying their caches)
+                    and their next tokens (code embedding + position)
 
 The self-attention cache is never gathered or concatenated: each level's keys/values stay
 where they were written, (levels, rows, H, 2 hd) per block, and `anc[p, r]` says which row
 of level p the beam in row r descends from. Re-ordering the beams only re-maps those ints.
 
+The row loops (attention, layer norm) are compiled twice, serial and parallel; a session
+runs the parallel ones on torch's thread count (`row_kernels`), rows split into one chunk
+per thread, unless torch has one thread or the model asks otherwise
+(`CodeDecoder.fuse_decoding(parallel=False)`).
+
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
-probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs:
-1.1-1.3x the torch session's queries/s at batch 32, 1.5-1.6x at batch 1 (docs/
-benchmarks.md). Used by `CodeDecoder.session` for inference on CPU in float32 (autograd
-off, eval mode, not compiled); everything else takes the torch session. The kernels
-compile once per install into numba's cache (2.5 s), then load in 0.36 s per process.
+probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
+(docs/benchmarks.md): 1.44-1.47x the torch session's queries/s at batch 32, of which
+1.15-1.25x from running the row loops on two threads; 1.5-1.6x at batch 1 (one thread,
+the previous round). Used by `CodeDecoder.session` for inference on CPU in float32
+(autograd off, eval mode, not compiled); everything else takes the torch session. The
+kernels compile once per install into numba's cache (~4 s), then load in ~0.4 s per
+process.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+import os
+import types
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import prange
 from torch import nn
 
 if TYPE_CHECKING:
@@ -44,14 +57,13 @@ F32 = np.float32
 _FAST = {"reassoc", "contract", "arcp", "nsz"}
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
 def _add_ln(x, o, bias, add, ln, out):  # type: ignore[no-untyped-def]
     """out = LayerNorm(x) row by row, ln = (gamma, beta, eps); with `add`, first
     x += o + bias (in place)."""
     gamma, beta, eps = ln
     rows, d = x.shape
     inv_d = F32(1.0) / F32(d)
-    for r in range(rows):
+    for r in prange(rows):
         xr = x[r]
         total = F32(0.0)
         if add:
@@ -74,111 +86,197 @@ def _add_ln(x, o, bias, add, ln, out):  # type: ignore[no-untyped-def]
             outr[j] = (xr[j] - mean) * inv * gamma[j] + beta[j]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
-def _self_attn(qkv, bias, kv, anc, t, y):  # type: ignore[no-untyped-def]
+def _self_attn(qkv, bias, kv, anc, t, y, chunks):  # type: ignore[no-untyped-def]
     """qkv (rows, 3d) without bias, laid out as `CodeDecoder.decoding_weights` makes it
     (scaled queries, then per head keys | values); writes the keys/values to kv[t, r] and
-    y[r] = attention of the query over positions 0..t, position p read from kv[p, anc[p, r]]."""
+    y[r] = attention of the query over positions 0..t, position p read from kv[p, anc[p, r]].
+    anc[t] must be the identity (a row reads the keys/values it wrote): rows run in parallel."""
     rows = qkv.shape[0]
     heads, hd2 = kv.shape[2], kv.shape[3]
     hd = hd2 // 2
     d = heads * hd
-    s = np.empty(t + 1, np.float32)
-    qv = np.empty(d, np.float32)
-    for r in range(rows):
-        qr = qkv[r]
-        new = kv[t, r]
-        for h in range(heads):
-            dst = new[h]
-            src = qr[d + h * hd2:d + (h + 1) * hd2]
-            b = bias[d + h * hd2:d + (h + 1) * hd2]
-            for j in range(hd2):
-                dst[j] = src[j] + b[j]
-        for j in range(d):
-            qv[j] = qr[j] + bias[j]
-        yr = y[r]
-        for h in range(heads):
-            q = qv[h * hd:(h + 1) * hd]
-            top = F32(-np.inf)
-            for p in range(t + 1):
-                k = kv[p, anc[p, r], h]
-                a = F32(0.0)
+    for c in prange(chunks):   # chunks of rows (one per thread), each with its scratch
+        s = np.empty(t + 1, np.float32)
+        qv = np.empty(d, np.float32)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            qr = qkv[r]
+            new = kv[t, r]
+            for h in range(heads):
+                dst = new[h]
+                src = qr[d + h * hd2:d + (h + 1) * hd2]
+                b = bias[d + h * hd2:d + (h + 1) * hd2]
+                for j in range(hd2):
+                    dst[j] = src[j] + b[j]
+            for j in range(d):
+                qv[j] = qr[j] + bias[j]
+            yr = y[r]
+            for h in range(heads):
+                q = qv[h * hd:(h + 1) * hd]
+                top = F32(-np.inf)
+                for p in range(t + 1):
+                    k = kv[p, anc[p, r], h]
+                    a = F32(0.0)
+                    for j in range(hd):
+                        a += q[j] * k[j]
+                    s[p] = a
+                    top = max(top, a)
+                total = F32(0.0)
+                for p in range(t + 1):
+                    e = np.exp(s[p] - top)
+                    s[p] = e
+                    total += e
+                inv = F32(1.0) / total
+                acc = yr[h * hd:(h + 1) * hd]
                 for j in range(hd):
-                    a += q[j] * k[j]
-                s[p] = a
-                top = max(top, a)
-            total = F32(0.0)
-            for p in range(t + 1):
-                e = np.exp(s[p] - top)
-                s[p] = e
-                total += e
-            inv = F32(1.0) / total
-            acc = yr[h * hd:(h + 1) * hd]
-            for j in range(hd):
-                acc[j] = F32(0.0)
-            for p in range(t + 1):
-                v = kv[p, anc[p, r], h, hd:]
-                w = s[p] * inv
-                for j in range(hd):
-                    acc[j] += w * v[j]
+                    acc[j] = F32(0.0)
+                for p in range(t + 1):
+                    v = kv[p, anc[p, r], h, hd:]
+                    w = s[p] * inv
+                    for j in range(hd):
+                        acc[j] += w * v[j]
 
 
 # _self_attn and _cross_attn spell out the same softmax and weighted sum on purpose: a
 # shared inline helper (the softmax as its own pass) made both 14% slower (114 -> 130 and
 # 171 -> 195 us a call on 320 rows, alternating in one process)
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
-def _cross_attn(hc, bias, mem_k, mem_v, mask, beams, y):  # type: ignore[no-untyped-def]
+def _cross_attn(hc, bias, mem_k, mem_v, mask, beams, y, chunks):  # type: ignore[no-untyped-def]
     """hc (Q * beams, d) scaled queries without bias; mem_k, mem_v (Q, H, N, hd) the memory's
     keys/values, shared by a query's beams; mask (Q, N), False = padding (never all False)."""
     rows, d = hc.shape
     heads, n_mem, hd = mem_k.shape[1], mem_k.shape[2], mem_k.shape[3]
-    s = np.empty(n_mem, np.float32)
-    qv = np.empty(d, np.float32)
-    for r in range(rows):
-        qi = r // beams
-        hr = hc[r]
-        for j in range(d):
-            qv[j] = hr[j] + bias[j]
-        yr = y[r]
-        for h in range(heads):
-            q = qv[h * hd:(h + 1) * hd]
-            top = F32(-np.inf)
-            for n in range(n_mem):
-                if mask[qi, n]:
-                    k = mem_k[qi, h, n]
-                    a = F32(0.0)
-                    for j in range(hd):
-                        a += q[j] * k[j]
-                    s[n] = a
-                    top = max(top, a)
-            total = F32(0.0)
-            for n in range(n_mem):
-                e = np.exp(s[n] - top) if mask[qi, n] else F32(0.0)
-                s[n] = e
-                total += e
-            inv = F32(1.0) / total
-            acc = yr[h * hd:(h + 1) * hd]
-            for j in range(hd):
-                acc[j] = F32(0.0)
-            for n in range(n_mem):
-                if mask[qi, n]:
-                    v = mem_v[qi, h, n]
-                    w = s[n] * inv
-                    for j in range(hd):
-                        acc[j] += w * v[j]
+    for c in prange(chunks):   # chunks of rows (one per thread), each with its scratch
+        s = np.empty(n_mem, np.float32)
+        qv = np.empty(d, np.float32)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            qi = r // beams
+            hr = hc[r]
+            for j in range(d):
+                qv[j] = hr[j] + bias[j]
+            yr = y[r]
+            for h in range(heads):
+                q = qv[h * hd:(h + 1) * hd]
+                top = F32(-np.inf)
+                for n in range(n_mem):
+                    if mask[qi, n]:
+                        k = mem_k[qi, h, n]
+                        a = F32(0.0)
+                        for j in range(hd):
+                            a += q[j] * k[j]
+                        s[n] = a
+                        top = max(top, a)
+                total = F32(0.0)
+                for n in range(n_mem):
+                    e = np.exp(s[n] - top) if mask[qi, n] else F32(0.0)
+                    s[n] = e
+                    total += e
+                inv = F32(1.0) / total
+                acc = yr[h * hd:(h + 1) * hd]
+                for j in range(hd):
+                    acc[j] = F32(0.0)
+                for n in range(n_mem):
+                    if mask[qi, n]:
+                        v = mem_v[qi, h, n]
+                        w = s[n] * inv
+                        for j in range(hd):
+                            acc[j] += w * v[j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
-def reorder_ancestry(anc, rows, t):  # type: ignore[no-untyped-def]
-    """Row r continues the beam in row rows[r] of level t - 1: its ancestors at levels < t
-    are that beam's; at level t it is itself."""
-    n = rows.shape[0]
+def next_level(codes, parent, width, table, pos, anc, t, x):  # type: ignore[no-untyped-def]
+    """Level t's rows from the codes chosen at level t - 1, in one pass: row r = q * beams + b
+    continues row q * width + parent[q, b] (its ancestors at levels < t are that beam's, at
+    level t it is itself) and its token is x[r] = table[codes[q, b]] + pos. Returns 1 if a
+    parent is outside 0..width - 1, 2 if a code is outside the table (nothing written then),
+    else 0."""
+    nq, beams = codes.shape
+    for i in range(nq):
+        for b in range(beams):
+            if not 0 <= parent[i, b] < width:
+                return 1
+            if not 0 <= codes[i, b] < table.shape[0]:
+                return 2
     old = anc[:t, :].copy()
-    for p in range(t):
-        for r in range(n):
-            anc[p, r] = old[p, rows[r]]
-    for r in range(n):
-        anc[t, r] = r
+    d = x.shape[1]
+    for i in range(nq):
+        for b in range(beams):
+            r = i * beams + b
+            src = i * width + parent[i, b]
+            for p in range(t):
+                anc[p, r] = old[p, src]
+            anc[t, r] = r
+            emb, xr = table[codes[i, b]], x[r]
+            for j in range(d):
+                xr[j] = emb[j] + pos[j]
+    return 0
+
+
+class RowKernels(NamedTuple):
+    """The kernels that loop over rows, compiled serial or parallel, and the threads (chunks
+    of rows) the attention kernels split their rows into."""
+    add_ln: Callable[..., None]
+    self_attn: Callable[..., None]
+    cross_attn: Callable[..., None]
+    threads: int
+
+
+def _compile(func: Callable[..., None], parallel: bool) -> Callable[..., None]:
+    """`func` compiled by numba, `prange` over threads when `parallel`. A copy named apart
+    per variant: numba's on-disk cache keys a function by name and bytecode, not by flags."""
+    f = cast(types.FunctionType, func)
+    copy = types.FunctionType(f.__code__, f.__globals__, f.__name__)
+    copy.__qualname__ = f"{f.__qualname__}_{'parallel' if parallel else 'serial'}"
+    return cast(Callable[..., None], numba.njit(cache=True, nogil=True, error_model="numpy",
+                                                fastmath=_FAST, parallel=parallel)(copy))
+
+
+SERIAL, PARALLEL = (RowKernels(_compile(_add_ln, parallel), _compile(_self_attn, parallel),
+                               _compile(_cross_attn, parallel), threads=1)
+                    for parallel in (False, True))
+# layer norms over fewer elements than this run serial: the parallel launch (~3 us) cost
+# more than it saved at 320 x 128 (20.4 vs 20.1 us a call); at 960 x 512 parallel took 206
+# against 402 us (2 threads). The attention kernels gain from 32 rows up (cross-attention
+# 10.6 vs 19.4 us at 32 rows, 79 vs 220 us at 320; self-attention 106 vs 162 us at 320) and
+# lose ~0.2 us at 10.
+LN_PARALLEL_MIN = 65_536
+# the process whose numba threads the parallel kernels may use: set by the first search
+# that asks for them; -1 if no thread-safe threading layer could start
+_THREADS_PID: int | None = None
+
+
+def row_kernels(parallel: bool) -> RowKernels:
+    """The kernels a session runs: PARALLEL on torch's thread count (numba's set to match)
+    when `parallel`, torch has more than one thread and numba's threads are usable here,
+    else SERIAL. Usable: a thread-safe threading layer (tbb or omp: searches may run in
+    several Python threads at once, which numba's fallback layer does not allow) started in
+    this process. A forked child gets SERIAL: GNU OpenMP's threads do not survive a fork
+    (numba would abort the child)."""
+    threads = min(torch.get_num_threads(),
+                  numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    if not parallel or threads < 2 or _threads_pid() != os.getpid():
+        return SERIAL
+    if numba.get_num_threads() != threads:   # per calling thread in numba
+        numba.set_num_threads(threads)
+    return PARALLEL._replace(threads=threads)
+
+
+def _threads_pid() -> int:
+    global _THREADS_PID
+    if _THREADS_PID is None:
+        if "NUMBA_THREADING_LAYER" not in os.environ:   # the user's choice stands
+            numba.config.THREADING_LAYER = "threadsafe"  # type: ignore[attr-defined]
+        layer: str
+        try:
+            numba.np.ufunc.parallel._launch_threads()  # type: ignore[attr-defined]
+            layer = numba.threading_layer()
+        except (ValueError, RuntimeError) as exc:
+            layer = f"none ({exc})"
+        if layer in ("tbb", "omp"):
+            _THREADS_PID = os.getpid()
+        else:
+            _THREADS_PID = -1
+            warnings.warn(f"numba's threading layer is {layer}, not tbb or omp: the fused "
+                          "decoding kernels run on one thread", RuntimeWarning, stacklevel=3)
+    return _THREADS_PID
 
 
 class FusedWeights:
@@ -212,6 +310,10 @@ class FusedWeights:
                 })
             heads = [cast(nn.Linear, h) for h in model.heads]
             self.heads = [(h.weight.detach().t(), h.bias.detach()) for h in heads]
+            # per level t >= 1: the table of level t - 1's codes and position t
+            self.tokens = [(cast(nn.Embedding, e).weight.detach().numpy(),
+                            model.pos.detach()[t + 1].numpy())
+                           for t, e in enumerate(model.code_emb)]
 
 
 def _ln(m: nn.Module) -> tuple:
@@ -228,7 +330,7 @@ def fusable(model: CodeDecoder, query: torch.Tensor) -> bool:
             and query.dtype == torch.float32)
 
 
-def run_level(w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,
+def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,
               memory: list[tuple[np.ndarray, np.ndarray]], mask: np.ndarray,
               x: torch.Tensor, t: int, beams: int) -> torch.Tensor:
     """x (rows, d) contiguous tokens of position t (updated in place) -> log-probabilities of
@@ -238,15 +340,17 @@ def run_level(w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,
     h = torch.empty(rows, d)
     y = torch.empty(rows, d)
     hn, yn = h.numpy(), y.numpy()
-    _add_ln(xn, xn, xn[0], False, w.blocks[0]["ln_self"], hn)
+    add_ln = k.add_ln if rows * d >= LN_PARALLEL_MIN else SERIAL.add_ln
+    chunks = min(k.threads, max(rows, 1))
+    add_ln(xn, xn, xn[0], False, w.blocks[0]["ln_self"], hn)
     for i, b in enumerate(w.blocks):
-        _self_attn(torch.mm(h, b["qkv"]).numpy(), b["qkv_b"], kv[i], anc, t, yn)
-        _add_ln(xn, torch.mm(y, b["self_out"]).numpy(), b["self_out_b"], True, b["ln_cross"], hn)
+        k.self_attn(torch.mm(h, b["qkv"]).numpy(), b["qkv_b"], kv[i], anc, t, yn, chunks)
+        add_ln(xn, torch.mm(y, b["self_out"]).numpy(), b["self_out_b"], True, b["ln_cross"], hn)
         mem_k, mem_v = memory[i]
-        _cross_attn(torch.mm(h, b["cross_q"]).numpy(), b["cross_q_b"], mem_k, mem_v, mask,
-                    beams, yn)
-        _add_ln(xn, torch.mm(y, b["cross_out"]).numpy(), b["cross_out_b"], True, b["ln_mlp"], hn)
+        k.cross_attn(torch.mm(h, b["cross_q"]).numpy(), b["cross_q_b"], mem_k, mem_v, mask,
+                     beams, yn, chunks)
+        add_ln(xn, torch.mm(y, b["cross_out"]).numpy(), b["cross_out_b"], True, b["ln_mlp"], hn)
         f = F.gelu(torch.mm(h, b["fc1"]).add_(b["fc1_b"]), approximate=b["gelu"])
-        _add_ln(xn, torch.mm(f, b["fc2"]).numpy(), b["fc2_b"], True, b["ln_next"], hn)
+        add_ln(xn, torch.mm(f, b["fc2"]).numpy(), b["fc2_b"], True, b["ln_next"], hn)
     head_w, head_b = w.heads[t]
     return torch.mm(h, head_w).add_(head_b).log_softmax(-1)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genir.decoder.fused import FusedWeights, fusable, reorder_ancestry, run_level
+from genir.decoder.fused import FusedWeights, fusable, next_level, row_kernels, run_level
 
 # T5-small's decoder shape (6 layers, d 512, 8 heads, MLP 2,048 = 4 d) fed GENIUS's 30
 # prefix vectors: the size issue 6 compares the default against (DecoderConfig fields)
@@ -153,6 +153,7 @@ class CodeDecoder(nn.Module):
         self._fused: tuple[tuple, FusedWeights | None] | None = None  # fused_weights' cache
         self.compiled_decoding = False  # see compile_decoding
         self.fused_decoding = True      # see fuse_decoding
+        self.fused_parallel = True      # see fuse_decoding
 
     def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
@@ -206,12 +207,16 @@ class CodeDecoder(nn.Module):
             return DecoderSession(self, query)
         return FusedSession(self, query, weights)
 
-    def fuse_decoding(self, enabled: bool = True) -> CodeDecoder:
+    def fuse_decoding(self, enabled: bool = True, *, parallel: bool = True) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
-        on by default): with the default decoder 1.1-1.3x the queries/s of the torch session
-        at batch 32 and 1.5-1.6x at batch 1 (timed in pairs, docs/benchmarks.md). Off:
-        always the torch session. Returns the model."""
+        on by default): with the default decoder 1.44-1.47x the queries/s of the torch
+        session at batch 32 (timed in pairs, docs/benchmarks.md). Off: always the torch
+        session. `parallel`: its kernels split the rows over torch's threads
+        (`genir.decoder.fused.row_kernels`; 1.15-1.25x at batch 32 on 2 threads); False
+        keeps them on the calling thread, for a server that already runs one search per
+        core. Returns the model."""
         self.fused_decoding = bool(enabled)
+        self.fused_parallel = bool(parallel)
         return self
 
     def fused_weights(self) -> FusedWeights | None:
@@ -231,7 +236,7 @@ class CodeDecoder(nn.Module):
         new beam or batch size until shapes turn dynamic; seconds per graph once inductor's
         on-disk cache holds them); later batched searches ran 1.07-1.39x as fast as the
         torch session at batch 32, not faster at batch 1, and 0.97x (beam 10) / 1.07x (beam
-        30) the fused CPU session, the default (docs/benchmarks.md). Off by default; needs
+        30) the fused CPU session with its kernels on one thread (docs/benchmarks.md). Off by default; needs
         a C++ compiler on CPU. Not saved with the model. Returns the model."""
         self.compiled_decoding = bool(enabled)
         return self
@@ -349,6 +354,7 @@ class FusedSession(DecoderSession):
             raise ValueError("FusedSession needs a float32 model on the CPU (see "
                              "CodeDecoder.fused_weights)")
         self.weights_fused = weights
+        self.kernels = row_kernels(model.fused_parallel)
         with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
             self._start(model, query)
 
@@ -371,27 +377,23 @@ class FusedSession(DecoderSession):
         self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
         self.anc[0] = np.arange(q)
         x = (model.bos.expand(q, -1) + model.pos[0]).contiguous()
-        self.logp = run_level(self.weights_fused, self.kv, self.anc, self.memory, self.mask,
-                              x, 0, 1)
+        self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
+                              self.mask, x, 0, 1)
 
     def _step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
         with torch.inference_mode():
             self._fused_step(level, codes, parent)
 
     def _fused_step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
-        # the kernels do not bounds-check: refuse what the torch session would fail on,
-        # before anything in the session changes
+        # the kernels do not bounds-check: what the torch session would fail on is refused
+        # before anything the session decodes from changes
         q, beams = codes.shape
         width = self.logp.shape[0] // q
         if level + 1 >= self.model.config.num_levels:
             raise ValueError(f"level {level} is the last: there is no next code to score")
-        if parent.shape != codes.shape or (parent.numel() and not (
-                0 <= int(parent.min()) and int(parent.max()) < width)):
-            raise ValueError(f"parent must be (Q, beams) = {tuple(codes.shape)} with values in "
-                             f"0..{width - 1}, got shape {tuple(parent.shape)}")
-        x = (self.model.code_emb[level](codes.reshape(-1))  # type: ignore[operator]
-             + self.model.pos[level + 1]).contiguous()      # (checks the codes' range)
-        rows = (parent + torch.arange(q)[:, None] * width).view(-1).numpy()
+        if parent.shape != codes.shape:
+            raise ValueError(f"parent must be (Q, beams) = {tuple(codes.shape)}, got "
+                             f"{tuple(parent.shape)}")
         n, t = q * beams, level + 1
         if n > self.anc.shape[1]:   # more beams than rows so far: grow, keep levels < t
             anc = np.zeros((self.anc.shape[0], n), dtype=np.int64)
@@ -401,9 +403,19 @@ class FusedSession(DecoderSession):
                 kv = np.empty((old.shape[0], n, *old.shape[2:]), dtype=np.float32)
                 kv[:t, :old.shape[1]] = old[:t]
                 self.kv[i] = kv
-        reorder_ancestry(self.anc, rows, t)
-        self.logp = run_level(self.weights_fused, self.kv, self.anc, self.memory, self.mask,
-                              x, t, beams)
+        table, pos = self.weights_fused.tokens[level]
+        x = torch.empty(n, table.shape[1])
+        status = next_level(np.ascontiguousarray(codes.numpy(), dtype=np.int64),
+                            np.ascontiguousarray(parent.numpy(), dtype=np.int64), width,
+                            table, pos, self.anc, t, x.numpy())
+        if status == 1:
+            raise ValueError(f"parent values must be in 0..{width - 1} (the live beams), got "
+                             f"{int(parent.min())}..{int(parent.max())}")
+        if status == 2:
+            raise IndexError(f"codes of level {level} must be in 0..{len(table) - 1}, got "
+                             f"{int(codes.min())}..{int(codes.max())}")
+        self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
+                              self.mask, x, t, beams)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
