@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numba
 import numpy as np
@@ -38,12 +39,13 @@ def make_session(model: CodeDecoder, queries: torch.Tensor, kind: str) -> Decode
             model, queries)
         assert type(session) is DecoderSession
         return session
+    previous = model.fused_parallel
     model.fuse_decoding(parallel=kind == "fused")
     try:
         with torch.inference_mode():
             session = model.session(queries)
     finally:
-        model.fuse_decoding()
+        model.fuse_decoding(parallel=previous)
     assert type(session) is FusedSession
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     assert session.kernels.threads == (threads if kind == "fused" else 1)
@@ -271,6 +273,63 @@ def test_row_kernels_choice(monkeypatch):
     with pytest.warns(RuntimeWarning, match="workqueue"):
         assert fused.row_kernels(True) is fused.SERIAL
     assert fused.row_kernels(True) is fused.SERIAL                    # decided once
+
+
+def test_forked_child_gets_serial_kernels(monkeypatch):
+    """A child forked after numba's threads started, by genir or by anyone else, gets the
+    serial kernels (numba aborts a child starting a parallel region on GNU OpenMP threads
+    inherited from its parent). The child only asks which kernels it would run: a torch
+    matmul on 2 threads hangs in such a child here, with or without genir."""
+    if min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS) < 2:
+        pytest.skip("one thread: serial kernels anyway")
+    fused.row_kernels(True)                                   # numba's threads started
+    for started_by in ("genir", "someone else"):
+        if started_by == "someone else":   # genir never looked: no pid of its own recorded
+            monkeypatch.setattr(fused, "_THREADS_PID", None)
+        pid = os.fork()
+        if pid == 0:                                          # the child: answer and leave
+            os._exit(0 if fused.row_kernels(True) is fused.SERIAL else 1)
+        deadline = time.monotonic() + 30
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, started_by
+
+
+def test_searches_from_several_threads_at_once():
+    """Searches running in several Python threads at once (a server's worker threads) on
+    one model, parallel kernels included, each get the results they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(0)
+    sizes = (4, 3, 5)
+    model = tiny_decoder(sizes)
+    trie = CodeTrie.from_unique_ids(IDTable.from_codes(rng.integers(sizes, size=(60, 3))).unique_ids)
+    batches = [torch.randn(16, 6, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+
+    def search(queries):
+        with torch.inference_mode():
+            return constrained_beam_search(model.session(queries), trie,
+                                           num_queries=len(queries), beam_size=6)
+
+    alone = [search(q) for q in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(search, batches * 3))
+    for i, (leaves, scores) in enumerate(together):
+        torch.testing.assert_close(leaves, alone[i % len(batches)][0], rtol=0, atol=0)
+        torch.testing.assert_close(scores, alone[i % len(batches)][1])
+
+
+def test_fuse_decoding_keeps_parallel_unless_asked():
+    model = tiny_decoder()
+    assert model.fused_parallel
+    model.fuse_decoding(parallel=False)
+    model.fuse_decoding(False)
+    model.fuse_decoding()
+    assert model.fused_decoding and not model.fused_parallel
+    model.fuse_decoding(parallel=True)
+    assert model.fused_parallel
 
 
 def test_session_kind_follows_how_it_is_asked_for():
@@ -550,6 +609,16 @@ def test_fused_session_refuses_what_its_kernels_cannot_check():
     codes = torch.tensor([[1, 2, 0], [2, 0, 1]])            # valid at levels 0 and 1
     for level in (0, 1):
         parent = zeros if level == 0 else torch.tensor([[2, 0, 0], [1, 1, 2]])
+        if level == 1:   # one bad value, in the last row: refused before any row is written
+            for bad_parent in (3, -1):
+                wrong = parent.clone()
+                wrong[1, 2] = bad_parent
+                with pytest.raises(ValueError, match="parent"):
+                    session.advance(level, codes, wrong)
+            wrong = codes.clone()
+            wrong[1, 2] = 3                                  # level 1 has codes 0..2
+            with pytest.raises(IndexError):
+                session.advance(level, wrong, parent)
         session.advance(level, codes, parent)
         ref.advance(level, codes, parent)
         torch.testing.assert_close(session.log_probs(level + 1), ref.log_probs(level + 1),

@@ -233,13 +233,15 @@ SERIAL, PARALLEL = (RowKernels(_compile(_add_ln, parallel), _compile(_self_attn,
                                _compile(_cross_attn, parallel), threads=1)
                     for parallel in (False, True))
 # layer norms over fewer elements than this run serial: the parallel launch (~3 us) cost
-# more than it saved at 320 x 128 (20.4 vs 20.1 us a call); at 960 x 512 parallel took 206
-# against 402 us (2 threads). The attention kernels gain from 32 rows up (cross-attention
-# 10.6 vs 19.4 us at 32 rows, 79 vs 220 us at 320; self-attention 106 vs 162 us at 320) and
-# lose ~0.2 us at 10.
+# more than it saved at 320 x 128 (20.4 vs 20.1 us a call); at 960 x 128 parallel took 40
+# against 60 us, at 960 x 512 206 against 402 us (2 threads). The attention kernels gain
+# from 32 rows up (cross-attention 10.6 vs 19.4 us at 32 rows, 79 vs 220 us at 320;
+# self-attention 106 vs 162 us at 320); at 10 rows self-attention lost 0.2 us (6.9 vs 6.7),
+# cross-attention gained (4.9 vs 6.7).
 LN_PARALLEL_MIN = 65_536
 # the process whose numba threads the parallel kernels may use: set by the first search
-# that asks for them; -1 if no thread-safe threading layer could start
+# that asks for them; -1 if no thread-safe threading layer could start, or in a child forked
+# from a process whose numba threads had started (whoever started them)
 _THREADS_PID: int | None = None
 
 
@@ -248,8 +250,10 @@ def row_kernels(parallel: bool) -> RowKernels:
     when `parallel`, torch has more than one thread and numba's threads are usable here,
     else SERIAL. Usable: a thread-safe threading layer (tbb or omp: searches may run in
     several Python threads at once, which numba's fallback layer does not allow) started in
-    this process. A forked child gets SERIAL: GNU OpenMP's threads do not survive a fork
-    (numba would abort the child)."""
+    this process. A child forked after numba's threads started gets SERIAL: numba aborts a
+    child that starts a parallel region on GNU OpenMP's threads inherited from its parent.
+    (torch's own thread pool has the same problem after a fork: on this machine a child's
+    first 2-thread matmul hangs once the parent has run one.)"""
     threads = min(torch.get_num_threads(),
                   numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     if not parallel or threads < 2 or _threads_pid() != os.getpid():
@@ -262,14 +266,17 @@ def row_kernels(parallel: bool) -> RowKernels:
 def _threads_pid() -> int:
     global _THREADS_PID
     if _THREADS_PID is None:
-        if "NUMBA_THREADING_LAYER" not in os.environ:   # the user's choice stands
-            numba.config.THREADING_LAYER = "threadsafe"  # type: ignore[attr-defined]
+        config = numba.config
+        previous = config.THREADING_LAYER  # type: ignore[attr-defined]
+        if previous == "default" and "NUMBA_THREADING_LAYER" not in os.environ:
+            config.THREADING_LAYER = "threadsafe"  # type: ignore[attr-defined]
         layer: str
         try:
             numba.np.ufunc.parallel._launch_threads()  # type: ignore[attr-defined]
             layer = numba.threading_layer()
         except (ValueError, RuntimeError) as exc:
             layer = f"none ({exc})"
+            config.THREADING_LAYER = previous  # type: ignore[attr-defined]  # others may fall back
         if layer in ("tbb", "omp"):
             _THREADS_PID = os.getpid()
         else:
@@ -277,6 +284,15 @@ def _threads_pid() -> int:
             warnings.warn(f"numba's threading layer is {layer}, not tbb or omp: the fused "
                           "decoding kernels run on one thread", RuntimeWarning, stacklevel=3)
     return _THREADS_PID
+
+
+def _after_fork_in_child() -> None:
+    global _THREADS_PID
+    if getattr(numba.np.ufunc.parallel, "_is_initialized", True):  # started, by anyone
+        _THREADS_PID = -1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class FusedWeights:

@@ -207,16 +207,19 @@ class CodeDecoder(nn.Module):
             return DecoderSession(self, query)
         return FusedSession(self, query, weights)
 
-    def fuse_decoding(self, enabled: bool = True, *, parallel: bool = True) -> CodeDecoder:
+    def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None
+                      ) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
         on by default): with the default decoder 1.44-1.47x the queries/s of the torch
         session at batch 32 (timed in pairs, docs/benchmarks.md). Off: always the torch
         session. `parallel`: its kernels split the rows over torch's threads
-        (`genir.decoder.fused.row_kernels`; 1.15-1.25x at batch 32 on 2 threads); False
-        keeps them on the calling thread, for a server that already runs one search per
-        core. Returns the model."""
+        (`genir.decoder.fused.row_kernels`, the default; 1.15-1.25x the queries/s at batch
+        32 on 2 threads here); False keeps them on the calling thread, for a server that
+        already runs one search per core; None leaves the setting as it is. Neither is
+        saved with the model. Returns the model."""
         self.fused_decoding = bool(enabled)
-        self.fused_parallel = bool(parallel)
+        if parallel is not None:
+            self.fused_parallel = bool(parallel)
         return self
 
     def fused_weights(self) -> FusedWeights | None:
@@ -354,7 +357,8 @@ class FusedSession(DecoderSession):
             raise ValueError("FusedSession needs a float32 model on the CPU (see "
                              "CodeDecoder.fused_weights)")
         self.weights_fused = weights
-        self.kernels = row_kernels(model.fused_parallel)
+        # (a model pickled whole before the setting existed has no attribute: parallel)
+        self.kernels = row_kernels(getattr(model, "fused_parallel", True))
         with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
             self._start(model, query)
 
