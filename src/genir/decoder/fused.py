@@ -26,11 +26,11 @@ Same function as `DecoderSession` (tests/search/test_beam.py checks both against
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
 (docs/benchmarks.md): 1.44-1.47x the torch session's queries/s at batch 32, of which
-1.15-1.25x from running the row loops on two threads; 1.5-1.6x at batch 1 (one thread,
-the previous round). Used by `CodeDecoder.session` for inference on CPU in float32
-(autograd off, eval mode, not compiled); everything else takes the torch session. The
-kernels compile once per install into numba's cache (~4 s), then load in ~0.4 s per
-process.
+1.15-1.25x from running the row loops on two threads; 1.70-1.91x at batch 1 (where
+levels of fewer than 32 rows run the serial kernels). Used by `CodeDecoder.session` for
+inference on CPU in float32 (autograd off, eval mode, not compiled); everything else
+takes the torch session. The kernels compile once per install into numba's cache (~4 s),
+then load in ~0.4 s per process.
 """
 
 from __future__ import annotations
@@ -239,6 +239,11 @@ SERIAL, PARALLEL = (RowKernels(_compile(_add_ln, parallel), _compile(_self_attn,
 # self-attention 106 vs 162 us at 320); at 10 rows self-attention lost 0.2 us (6.9 vs 6.7),
 # cross-attention gained (4.9 vs 6.7).
 LN_PARALLEL_MIN = 65_536
+# levels with fewer rows run all kernels serial: at batch 1 (10 or 30 rows a level) the
+# parallel kernels made whole searches 0.96x (beam 10) and 0.99x (beam 30) as fast as the
+# serial ones, in pairs (single calls in tight loops were on par or faster); with this
+# threshold 0.98x and 0.98x, both sides then running the same serial kernels
+ROWS_PARALLEL_MIN = 32
 # the process whose numba threads the parallel kernels may use: set by the first search
 # that asks for them; -1 if no thread-safe threading layer could start, or in a child forked
 # from a process whose numba threads had started (whoever started them)
@@ -352,6 +357,8 @@ def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndar
     """x (rows, d) contiguous tokens of position t (updated in place) -> log-probabilities of
     level t's code (rows, K_t); writes position t's keys/values into kv[block][t]."""
     rows, d = x.shape
+    if rows < ROWS_PARALLEL_MIN:
+        k = SERIAL
     xn = x.numpy()
     h = torch.empty(rows, d)
     y = torch.empty(rows, d)
