@@ -10,6 +10,7 @@ and concatenation, the attention's batched products over 1-30 keys), each a pass
   _add_ln           residual + bias + layer norm in one pass (x is updated in place)
   _self_attn        the new position's keys/values written once, attention over the cache
   _cross_attn       attention over the query's memory (shared by its beams, padding masked)
+  _bias_gelu        the MLP's bias and GELU in one pass
   next_level        the surviving beams' ancestry (ints, instead of copying their caches)
                     and their next tokens (code embedding + position)
 
@@ -17,7 +18,7 @@ The self-attention cache is never gathered or concatenated: each level's keys/va
 where they were written, (levels, rows, H, 2 hd) per block, and `anc[p, r]` says which row
 of level p the beam in row r descends from. Re-ordering the beams only re-maps those ints.
 
-The row loops (attention, layer norm) are compiled twice, serial and parallel; a session
+The row loops (attention, layer norm, bias + GELU) are compiled twice, serial and parallel; a session
 runs the parallel ones on torch's thread count (`row_kernels`), rows split into one chunk
 per thread, unless torch has one thread or the model asks otherwise
 (`CodeDecoder.fuse_decoding(parallel=False)`).
@@ -25,8 +26,8 @@ per thread, unless torch has one thread or the model asks otherwise
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
-(docs/benchmarks.md): 1.44-1.47x the torch session's queries/s at batch 32, of which
-1.15-1.25x from running the row loops on two threads; 1.70-1.91x at batch 1 (where
+(docs/benchmarks.md): 1.49-1.55x the torch session's queries/s at batch 32, of which
+1.13-1.36x from running the row loops on two threads; 1.89-2.13x at batch 1 (where
 levels of fewer than 32 rows run the serial kernels). Used by `CodeDecoder.session` for
 inference on CPU in float32 (autograd off, eval mode, not compiled); everything else
 takes the torch session. The kernels compile once per install into numba's cache (~4 s),
@@ -181,6 +182,39 @@ def _cross_attn(hc, bias, mem_k, mem_v, mask, beams, y, chunks):  # type: ignore
                             acc[j] += w * v[j]
 
 
+# erf as a rational function of x^2 on [-4, 4] (clamped outside; erf(4) = 1 - 1.5e-8):
+# Eigen's float coefficients (generic_fast_erf_float). GELU with it is within 1.5e-6 of
+# torch's over [-10, 10] (tests/search/test_beam.py)
+_ERF_P = tuple(F32(c) for c in (-2.72614225801306e-10, 2.77068142495902e-08,
+                                -2.10102402082508e-06, -5.69250639462346e-05,
+                                -7.34990630326855e-04, -2.95459980854025e-03,
+                                -1.60960333262415e-02))
+_ERF_Q = tuple(F32(c) for c in (-1.45660718464996e-05, -2.13374055278905e-04,
+                                -1.68282697438203e-03, -7.37332916720468e-03,
+                                -1.42647390514189e-02))
+_P0, _P1, _P2, _P3, _P4, _P5, _P6 = _ERF_P
+_Q0, _Q1, _Q2, _Q3, _Q4 = _ERF_Q
+
+
+def _bias_gelu(f, bias, chunks):  # type: ignore[no-untyped-def]
+    """f = GELU(f + bias) in place (exact GELU, x/2 (1 + erf(x/sqrt 2))), rows split into
+    `chunks` ranges. One pass where torch took two (add_, gelu) that cost 1.12-1.17x the
+    decoder's time in the flow (in pairs), although torch's GELU alone was as fast in a tight
+    loop (84 us against 77 on (320, 512))."""
+    rows, n = f.shape
+    for c in prange(chunks):
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            fr = f[r]
+            for j in range(n):
+                x = fr[j] + bias[j]
+                z = min(max(x * F32(0.7071067811865476), F32(-4.0)), F32(4.0))
+                z2 = z * z
+                p = ((((((_P0 * z2 + _P1) * z2 + _P2) * z2 + _P3) * z2 + _P4) * z2 + _P5) * z2
+                     + _P6) * z
+                q = (((_Q0 * z2 + _Q1) * z2 + _Q2) * z2 + _Q3) * z2 + _Q4
+                fr[j] = F32(0.5) * x * (F32(1.0) + p / q)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
 def next_level(codes, parent, width, table, pos, anc, t, x):  # type: ignore[no-untyped-def]
     """Level t's rows from the codes chosen at level t - 1, in one pass: row r = q * beams + b
@@ -216,6 +250,7 @@ class RowKernels(NamedTuple):
     add_ln: Callable[..., None]
     self_attn: Callable[..., None]
     cross_attn: Callable[..., None]
+    bias_gelu: Callable[..., None]
     threads: int
 
 
@@ -230,7 +265,8 @@ def _compile(func: Callable[..., None], parallel: bool) -> Callable[..., None]:
 
 
 SERIAL, PARALLEL = (RowKernels(_compile(_add_ln, parallel), _compile(_self_attn, parallel),
-                               _compile(_cross_attn, parallel), threads=1)
+                               _compile(_cross_attn, parallel), _compile(_bias_gelu, parallel),
+                               threads=1)
                     for parallel in (False, True))
 # layer norms over fewer elements than this run serial: the parallel launch (~3 us) cost
 # more than it saved at 320 x 128 (20.4 vs 20.1 us a call); at 960 x 128 parallel took 40
@@ -325,7 +361,7 @@ class FusedWeights:
                     "cross_q": cross_w.t(), "cross_q_b": cross_b.numpy(),
                     "cross_out": ca.out.weight.detach().t(),
                     "cross_out_b": ca.out.bias.detach().numpy(),
-                    "fc1": fc1.weight.detach().t(), "fc1_b": fc1.bias.detach(),
+                    "fc1": fc1.weight.detach().t(), "fc1_b": fc1.bias.detach().numpy(),
                     "gelu": gelu.approximate,
                     "fc2": fc2.weight.detach().t(), "fc2_b": fc2.bias.detach().numpy(),
                 })
@@ -373,7 +409,11 @@ def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndar
         k.cross_attn(torch.mm(h, b["cross_q"]).numpy(), b["cross_q_b"], mem_k, mem_v, mask,
                      beams, yn, chunks)
         add_ln(xn, torch.mm(y, b["cross_out"]).numpy(), b["cross_out_b"], True, b["ln_mlp"], hn)
-        f = F.gelu(torch.mm(h, b["fc1"]).add_(b["fc1_b"]), approximate=b["gelu"])
+        f = torch.mm(h, b["fc1"])
+        if b["gelu"] == "none":
+            k.bias_gelu(f.numpy(), b["fc1_b"], chunks)
+        else:            # tanh-approximate GELU: torch's
+            f = F.gelu(f.add_(torch.from_numpy(b["fc1_b"])), approximate=b["gelu"])
         add_ln(xn, torch.mm(f, b["fc2"]).numpy(), b["fc2_b"], True, b["ln_next"], hn)
     head_w, head_b = w.heads[t]
     return torch.mm(h, head_w).add_(head_b).log_softmax(-1)

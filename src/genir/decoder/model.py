@@ -210,10 +210,10 @@ class CodeDecoder(nn.Module):
     def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None
                       ) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
-        on by default): with the default decoder 1.44-1.47x the queries/s of the torch
+        on by default): with the default decoder 1.49-1.55x the queries/s of the torch
         session at batch 32 (timed in pairs, docs/benchmarks.md). Off: always the torch
         session. `parallel`: its kernels split the rows over torch's threads
-        (`genir.decoder.fused.row_kernels`, the default; 1.15-1.25x the queries/s at batch
+        (`genir.decoder.fused.row_kernels`, the default; 1.13-1.36x the queries/s at batch
         32 on 2 threads here); False keeps them on the calling thread, for a server that
         already runs one search per core; None leaves the setting as it is. Neither is
         saved with the model. Returns the model."""
