@@ -226,14 +226,15 @@ def test_parallel_kernels_split_rows_like_serial_ones():
     mask = np.array([[True, False, True]])
     mem_k, mem_v = mem[0], mem[1]          # one query: (1, H, N, hd)
     outs = {}
-    for kernels, chunks in ((fused.SERIAL, 1), (fused.PARALLEL, 1), (fused.PARALLEL, 2),
-                            (fused.PARALLEL, 3), (fused.PARALLEL, 7)):
+    variants = [("serial", fused.SERIAL, 1)] + [("parallel", fused.PARALLEL, chunks)
+                                                for chunks in (1, 2, 3, 7)]
+    for name, kernels, chunks in variants:
         y_self, y_cross = np.zeros((rows, d), np.float32), np.zeros((rows, d), np.float32)
         cache = kv.copy()
         kernels.self_attn(qkv, bias, cache, anc, t, y_self, chunks)
         kernels.cross_attn(hc, bias[:d], mem_k, mem_v, mask, beams, y_cross, chunks)
-        outs[kernels.add_ln, chunks] = (y_self, y_cross, cache)
-    ref = outs[fused.SERIAL.add_ln, 1]
+        outs[name, chunks] = (y_self, y_cross, cache)
+    ref = outs["serial", 1]
     assert (np.abs(ref[0]).max(axis=1) > 0).all() and (np.abs(ref[1]).max(axis=1) > 0).all()
     for out in outs.values():
         for a, b in zip(out, ref, strict=True):

@@ -30,8 +30,9 @@ probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder
 1.13-1.36x from running the row loops on two threads; 1.89-2.13x at batch 1 (where
 levels of fewer than 32 rows run the serial kernels). Used by `CodeDecoder.session` for
 inference on CPU in float32 (autograd off, eval mode, not compiled); everything else
-takes the torch session. The kernels compile once per install into numba's cache (~4 s),
-then load in ~0.4 s per process.
+takes the torch session. The kernels compile once per install into numba's cache (5.9 s
+for a first batch-32 search from an empty cache, serial and parallel kernels), then load in
+0.5 s per process.
 """
 
 from __future__ import annotations
@@ -246,7 +247,8 @@ def next_level(codes, parent, width, table, pos, anc, t, x):  # type: ignore[no-
 
 class RowKernels(NamedTuple):
     """The kernels that loop over rows, compiled serial or parallel, and the threads (chunks
-    of rows) the attention kernels split their rows into."""
+    of rows) the attention and GELU kernels split their rows into (the layer norm's `prange`
+    is over rows: it keeps no scratch)."""
     add_ln: Callable[..., None]
     self_attn: Callable[..., None]
     cross_attn: Callable[..., None]
@@ -278,7 +280,8 @@ LN_PARALLEL_MIN = 65_536
 # levels with fewer rows run all kernels serial: at batch 1 (10 or 30 rows a level) the
 # parallel kernels made whole searches 0.96x (beam 10) and 0.99x (beam 30) as fast as the
 # serial ones, in pairs (single calls in tight loops were on par or faster); with this
-# threshold 0.98x and 0.98x, both sides then running the same serial kernels
+# threshold 0.98x / 0.98x and 0.98x / 1.00x in two runs, both sides then running the same
+# serial kernels
 ROWS_PARALLEL_MIN = 32
 # the process whose numba threads the parallel kernels may use: set by the first search
 # that asks for them; -1 if no thread-safe threading layer could start, or in a child forked
