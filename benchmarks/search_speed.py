@@ -147,10 +147,13 @@ def common_args(doc: str, *, sizes: list[int], batches: list[int], num_queries: 
     ap.add_argument("--compile", action="store_true",
                     help="decode through torch.compile (CodeDecoder.compile_decoding); the "
                          "warm-up searches compile")
-    ap.add_argument("--session", choices=["fused", "fused-serial", "torch"], default="fused",
+    ap.add_argument("--session", choices=["fused", "fused-kernels", "fused-serial", "torch"],
+                    default="fused",
                     help="the decoding session when not compiled: the fused CPU one (the "
-                         "default, genir.decoder.fused; its kernels on torch's threads, or "
-                         "on one with fused-serial) or the torch one")
+                         "default, genir.decoder.fused: a level in one compiled call where "
+                         "torch ships MKL; fused-kernels: torch's products with the compiled "
+                         "row loops between them; fused-serial: those loops on one thread) or "
+                         "the torch one")
     ap.add_argument("--decoder", choices=sorted(DECODER_SIZES), default="default",
                     help="decoder shape: the default (d 128, 2 layers, 4 prefix vectors) or "
                          "T5-small's (d 512, 6 layers, 8 heads, 30 prefix vectors)")
@@ -166,7 +169,8 @@ def setup(args: argparse.Namespace
     cfg = DecoderConfig(query_dim=args.dim, codebook_sizes=(args.codebook_size,) * args.levels,
                         **DECODER_SIZES[args.decoder])
     decoder = (CodeDecoder(cfg).eval().compile_decoding(args.compile)
-               .fuse_decoding(args.session != "torch", parallel=args.session == "fused"))
+               .fuse_decoding(args.session != "torch", parallel=args.session != "fused-serial",
+                              one_call=args.session == "fused"))
     gflops = matmul_gflops()
     queries = rng.normal(size=(args.num_queries, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)

@@ -190,9 +190,13 @@ def main() -> None:
     elif args.session == "fused":
         others.append(("fused / torch session",
                        _variant(indexes[small], compile_decoding=False, fuse_decoding=False)))
+        others.append(("fused / fused-kernels session (torch's products, row kernels "
+                       "between them)",
+                       _variant(indexes[small], compile_decoding=False,
+                                fuse_decoding={"one_call": False})))
         others.append(("fused / fused-serial session (kernels on one thread)",
                        _variant(indexes[small], compile_decoding=False,
-                                fuse_decoding={"parallel": False})))
+                                fuse_decoding={"parallel": False, "one_call": False})))
     decoders = [{"title": title, "rows": decoder_ratios(other, indexes[small], queries, args,
                                                         title)}
                 for title, other in others]

@@ -28,28 +28,33 @@ def tiny_decoder(sizes=(4, 3, 5), query_dim=6, seed=0, query_tokens=0) -> CodeDe
     return model
 
 
-SESSIONS = ["torch", "fused", "fused-serial"]
+SESSIONS = ["torch", "fused", "fused-kernels", "fused-serial"]
+# kind -> fuse_decoding's (parallel, one_call)
+FUSED = {"fused": (True, True), "fused-kernels": (True, False), "fused-serial": (False, False)}
 
 
 def make_session(model: CodeDecoder, queries: torch.Tensor, kind: str) -> DecoderSession:
     """A session of `kind` over `queries`: the torch one, as autograd-on code gets it, or
-    the fused one, as inference-mode searches (the index's, AVG's discriminative loss) get it,
-    its kernels on torch's threads ("fused", the default) or on one ("fused-serial")."""
+    the fused one, as inference-mode searches (the index's, AVG's discriminative loss) get it:
+    a level in one compiled call on torch's threads ("fused", the default), torch's products
+    with the row kernels between them ("fused-kernels"), those on one thread ("fused-serial")."""
     if kind == "torch":   # (under inference mode, asked for by name)
         session = model.session(queries) if torch.is_grad_enabled() else DecoderSession(
             model, queries)
         assert type(session) is DecoderSession
         return session
-    previous = model.fused_parallel
-    model.fuse_decoding(parallel=kind == "fused")
+    previous = model.fused_parallel, model.fused_one_call
+    parallel, one_call = FUSED[kind]
+    model.fuse_decoding(parallel=parallel, one_call=one_call)
     try:
         with torch.inference_mode():
             session = model.session(queries)
     finally:
-        model.fuse_decoding(parallel=previous)
+        model.fuse_decoding(parallel=previous[0], one_call=previous[1])
     assert type(session) is FusedSession
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    assert session.kernels.threads == (threads if kind == "fused" else 1)
+    assert session.kernels.threads == (threads if parallel else 1)
+    assert session.one_call == one_call
     return session
 
 
@@ -178,33 +183,38 @@ def test_cached_decoding_weights_follow_in_place_updates():
     {"d_model": 32, "num_heads": 1, "num_layers": 3, "mlp_ratio": 2},
     {"query_tokens": 3},                                  # masked memory, padded tokens
 ])
-@pytest.mark.parametrize("parallel", [True, False])
-def test_fused_session_equals_torch_session(cfg, parallel):
+@pytest.mark.parametrize("parallel,one_call", [(True, True), (False, True), (True, False),
+                                               (False, False)])
+def test_fused_session_equals_torch_session(cfg, parallel, one_call):
     """Both sessions fed the same codes and random parents, with the beam count growing
     (1 -> 3 -> 7 -> 7 rows a query, so the fused caches grow) and a parent chosen by several
-    beams: log-probabilities agree at every level, fused kernels on threads or not."""
+    beams: log-probabilities agree at every level, fused kernels on threads or not, a level
+    in one call or torch's products between the kernels."""
     torch.manual_seed(sum(map(ord, str(cfg))))
     config = DecoderConfig(**{"query_dim": 6, "codebook_sizes": (4, 3, 5, 2), "d_model": 16,
                               "num_layers": 2, "num_heads": 2, "num_prefix": 3, "dropout": 0.0,
                               **cfg})
-    model = CodeDecoder(config).eval().fuse_decoding(parallel=parallel)
+    model = CodeDecoder(config).eval().fuse_decoding(parallel=parallel, one_call=one_call)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))   # LN gains, biases and positions off their init
+    weights = model.fused_weights()
+    assert (weights.level is not None) == fused.MKL
+    assert (weights.memory is not None) == (fused.MKL and not config.query_tokens)
     queries = token_queries(5, 3) if config.query_tokens else torch.randn(5, 6)
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        fused, ref = FusedSession(model, queries), DecoderSession(model, queries)
+        fast, ref = FusedSession(model, queries), DecoderSession(model, queries)
         width = 1
         for level, beams in enumerate((3, 7, 7, None)):
-            torch.testing.assert_close(fused.log_probs(level), ref.log_probs(level),
+            torch.testing.assert_close(fast.log_probs(level), ref.log_probs(level),
                                        atol=2e-5, rtol=1e-5)
             if beams is None:
                 break
             codes = torch.randint(config.codebook_sizes[level], (5, beams), generator=gen)
             parent = torch.randint(width, (5, beams), generator=gen)
             parent[:, :2] = 0                               # shared parents
-            fused.advance(level, codes, parent)
+            fast.advance(level, codes, parent)
             ref.advance(level, codes, parent)
             width = beams
 
@@ -251,6 +261,101 @@ def test_parallel_kernels_split_rows_like_serial_ones():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+needs_mkl = pytest.mark.skipif(not fused.MKL, reason="torch here has no MKL sgemm to call")
+
+
+@needs_mkl
+def test_gemm_rows_equals_numpy():
+    """MKL's sgemm as `_level` calls it: out[lo:hi] = x[lo:hi] @ w.T, other rows untouched,
+    an empty range a no-op; x and out wider than the product is not allowed (contiguous)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 5)).astype(np.float32)
+    w = rng.normal(size=(4, 5)).astype(np.float32)
+    ints, flts = np.zeros(6, np.int32), np.zeros(2, np.float32)
+    for lo, hi in ((0, 9), (2, 7), (8, 9), (3, 3)):
+        out = np.full((9, 4), 7.0, np.float32)
+        fused._gemm_rows(x, w, out, lo, hi, ints, flts)
+        np.testing.assert_allclose(out[lo:hi], x[lo:hi] @ w.T, rtol=1e-5, atol=1e-5)
+        assert (np.delete(out, np.s_[lo:hi], axis=0) == 7.0).all()
+
+
+def test_exp_and_log_softmax_rows():
+    """`_exp` (the kernels' inline exponential): relative error <= 4e-6 over [-87, 0],
+    <= 1e-6 over [-10, 0]; NaN stays NaN; -inf gives (about) 0. The head's bias +
+    log-softmax over rows against torch, for K not a multiple of the 8 max lanes, huge
+    logits, and a NaN logit (its row NaN, as torch's; the beam search refuses it)."""
+    exp = numba.njit(lambda x: np.array([fused._exp(v) for v in x], dtype=np.float32))
+    for low, tol in ((-87.0, 4e-6), (-10.0, 1e-6)):
+        x = np.linspace(low, 0, 20001, dtype=np.float32)
+        ref = np.exp(x.astype(np.float64))
+        assert np.max(np.abs(exp(x) - ref) / ref) <= tol
+    out = exp(np.array([np.nan, -np.inf, 0.0], np.float32))
+    assert np.isnan(out[0]) and 0 <= out[1] < 1.2e-38 and out[2] == 1.0
+    rng = np.random.default_rng(0)
+    for k in (13, 256):
+        z = (rng.normal(size=(6, k)) * 5).astype(np.float32)
+        z[1] *= 300                                    # logits in the thousands
+        bias = rng.normal(size=k).astype(np.float32)
+        got = z.copy()
+        got[4, 3] = np.nan
+        fused._bias_log_softmax_rows(got, bias, 1, 6, np.empty(8, np.float32))
+        ref = torch.log_softmax(torch.from_numpy(z + bias), -1).numpy()
+        np.testing.assert_array_equal(got[0], z[0])   # row 0 outside lo..hi
+        keep = np.ones(6, bool)
+        keep[[0, 4]] = False
+        np.testing.assert_allclose(got[keep], ref[keep], rtol=0, atol=5e-6)
+        assert np.isnan(got[4]).all()                 # as torch's: the row is NaN
+        assert np.isfinite(got[keep]).all()
+
+
+@needs_mkl
+def test_memory_kernel_equals_torch():
+    """`_memory` (prefix MLP, layer norm and every block's cross-attention keys/values in
+    one call) against `CodeDecoder.memory` + `keys_values`, serial and split into 1, 2, 3
+    and 7 chunks of queries."""
+    model = tiny_decoder()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    queries = torch.randn(5, 6)
+    with torch.inference_mode():
+        mem, _ = model.memory(queries)
+        ref = [blk.cross_attn.keys_values(mem) for blk in model.blocks]
+    arrays = model.fused_weights().memory
+    shape = ref[0][0].shape
+    for kernels, chunks in ((fused.SERIAL, 1), *((fused.PARALLEL, c) for c in (1, 2, 3, 7))):
+        keys = tuple(np.zeros(shape, np.float32) for _ in model.blocks)
+        values = tuple(np.zeros(shape, np.float32) for _ in model.blocks)
+        kernels.memory(queries.numpy(), arrays, keys, values, chunks)
+        for (k, v), got_k, got_v in zip(ref, keys, values, strict=True):
+            np.testing.assert_allclose(got_k, k.numpy(), rtol=1e-5, atol=2e-6)
+            np.testing.assert_allclose(got_v, v.numpy(), rtol=1e-5, atol=2e-6)
+
+
+@needs_mkl
+def test_level_in_one_call_splits_rows_like_the_kernels():
+    """A whole level in one call (`_level`), serial or split into 1, 2, 3 or 7 chunks of
+    rows (not dividing the 21 rows), gives what torch's products with the row kernels between
+    them give: log-probabilities, position t's keys/values and the residual stream."""
+    model = tiny_decoder((4, 3, 5))
+    queries = torch.randn(3, 6)
+    with torch.inference_mode():
+        s = FusedSession(model, queries)
+        s.advance(0, torch.tensor([[1, 2] * 3 + [0]] * 3), torch.zeros(3, 7, dtype=torch.int64))
+    x = torch.randn(21, 16)
+    w = s.weights_fused
+    results = []
+    for kernels, one_call in ((fused.SERIAL, False), (fused.SERIAL, True),
+                              *((fused.PARALLEL._replace(threads=c), True) for c in (1, 2, 3, 7))):
+        kv = [a.copy() for a in s.kv]
+        xs = x.clone()
+        logp = fused.run_level(kernels, w, kv, s.anc, s.memory, s.mask, xs, 1, 7, one_call)
+        results.append((logp, torch.from_numpy(kv[0][1]), torch.from_numpy(kv[1][1]), xs))
+    for got in results[1:]:
+        for a, b in zip(got, results[0], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=3e-6)
+
+
 def test_bias_gelu_kernel_equals_torch():
     """The MLP's bias + GELU kernel (a rational erf) against torch's exact GELU, serial and
     split into chunks: within 2e-6 over [-10, 10] and on random rows; NaN stays NaN."""
@@ -273,6 +378,7 @@ def test_fused_session_with_tanh_gelu_equals_torch_session():
     model = tiny_decoder()
     for blk in model.blocks:
         blk.mlp[1].approximate = "tanh"
+    assert model.fused_weights().level is None     # one call has the exact GELU only
     queries = torch.randn(3, 6)
     exact = tiny_decoder()
     with torch.inference_mode():
@@ -361,13 +467,15 @@ def test_searches_from_several_threads_at_once():
 
 def test_fuse_decoding_keeps_parallel_unless_asked():
     model = tiny_decoder()
-    assert model.fused_parallel
-    model.fuse_decoding(parallel=False)
+    assert model.fused_parallel and model.fused_one_call
+    model.fuse_decoding(parallel=False, one_call=False)
     model.fuse_decoding(False)
     model.fuse_decoding()
-    assert model.fused_decoding and not model.fused_parallel
+    assert model.fused_decoding and not model.fused_parallel and not model.fused_one_call
     model.fuse_decoding(parallel=True)
-    assert model.fused_parallel
+    assert model.fused_parallel and not model.fused_one_call
+    model.fuse_decoding(one_call=True)
+    assert model.fused_parallel and model.fused_one_call
 
 
 def test_session_kind_follows_how_it_is_asked_for():

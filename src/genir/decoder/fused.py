@@ -1,11 +1,11 @@
-"""Fused CPU decoding: `DecoderSession`'s per-level step as numba kernels around MKL GEMMs.
+"""Fused CPU decoding: `DecoderSession`'s per-level step as compiled numba loops.
 
 With the default decoder (d 128) on a CPU, the matrix products of a search level were only
 about a third of its time in the torch session (addmm 36% in a profile): the rest is 20-odd
 small torch operations a block (layer norms, bias copies, residual adds, the cache gather
 and concatenation, the attention's batched products over 1-30 keys), each a pass over a
-(rows, d) array plus 5-50 us of dispatch. `FusedSession` keeps the products in torch
-(`torch.mm`, MKL) and does everything between them in compiled loops over the rows:
+(rows, d) array plus 5-50 us of dispatch. `FusedSession` does everything between the
+products in compiled loops over the rows:
 
   _add_ln           residual + bias + layer norm in one pass (x is updated in place)
   _self_attn        the new position's keys/values written once, attention over the cache
@@ -14,25 +14,36 @@ and concatenation, the attention's batched products over 1-30 keys), each a pass
   next_level        the surviving beams' ancestry (ints, instead of copying their caches)
                     and their next tokens (code embedding + position)
 
+and, where torch ships MKL (its x86-64 builds: `MKL`), the products too: `_level` runs a
+whole level in one call, each thread taking a chunk of rows through every block and the
+output head (bias + log-softmax included) with MKL's sgemm on that thread, called from
+the compiled code (`_gemm_rows`); `_memory` does the same for the query memory and its
+cross-attention keys/values at the session's start. A level's rows are independent (a row
+reads earlier levels' keys/values and its own), so a level needs no synchronisation
+beyond its one parallel region, where the row kernels between torch's products took ~14
+calls from Python and 12 thread hand-offs a block. Elsewhere, and with
+`CodeDecoder.fuse_decoding(one_call=False)`, the products stay torch's (`torch.mm`) with the
+row kernels between them (`run_level`).
+
 The self-attention cache is never gathered or concatenated: each level's keys/values stay
 where they were written, (levels, rows, H, 2 hd) per block, and `anc[p, r]` says which row
 of level p the beam in row r descends from. Re-ordering the beams only re-maps those ints.
 
-The row loops (attention, layer norm, bias + GELU) are compiled twice, serial and parallel; a session
-runs the parallel ones on torch's thread count (`row_kernels`), rows split into one chunk
-per thread, unless torch has one thread or the model asks otherwise
-(`CodeDecoder.fuse_decoding(parallel=False)`).
+Everything is compiled twice, serial and parallel; a session runs the parallel variants on
+torch's thread count (`row_kernels`), rows split into one chunk per thread, unless torch
+has one thread or the model asks otherwise (`CodeDecoder.fuse_decoding(parallel=False)`).
 
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
-(docs/benchmarks.md): 1.49-1.55x the torch session's queries/s at batch 32, of which
-1.13-1.36x from running the row loops on two threads; 1.89-2.13x at batch 1 (where
-levels of fewer than 32 rows run the serial kernels). Used by `CodeDecoder.session` for
-inference on CPU in float32 (autograd off, eval mode, not compiled); everything else
-takes the torch session. The kernels compile once per install into numba's cache (5.9 s
-for a first batch-32 search from an empty cache, serial and parallel kernels), then load in
-0.5 s per process.
+(docs/benchmarks.md): 1.79-1.92x the torch session's queries/s at batch 32, of which
+1.06-1.23x from a level in one call (over torch's products with the row kernels between
+them) and 1.41-1.55x from two threads over one; 2.24-2.93x at batch 1 (where levels of
+fewer than 32 rows run serial). Used by `CodeDecoder.session` for inference on CPU in
+float32 (autograd off, eval mode, not compiled); everything else takes the torch session.
+The functions compile once per install into numba's cache (24 s for a first batch-32
+search from an empty cache, most of it numba's parallel lowering of `_level` and
+`_memory`; 2.7 s more for a first batch-1 search), then load in ~0.5 s per process.
 """
 
 from __future__ import annotations
@@ -41,13 +52,15 @@ import os
 import types
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+from llvmlite import ir
 from numba import prange
+from numba.core.extending import intrinsic
 from torch import nn
 
 if TYPE_CHECKING:
@@ -59,33 +72,111 @@ F32 = np.float32
 _FAST = {"reassoc", "contract", "arcp", "nsz"}
 
 
+# 2^f on [-1/2, 1/2]: Taylor series of e^(f ln 2) to degree 7 (relative error < 5e-9)
+_EXP2 = tuple(F32(0.6931471805599453 ** i / np.prod(np.arange(1, i + 1))) for i in range(8))
+_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7 = _EXP2
+
+
+@intrinsic
+def _bits_as_float32(typingctx, bits):  # type: ignore[no-untyped-def]
+    """The float32 whose bits are the int32 `bits` (a register bitcast)."""
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.FloatType())
+    return numba.types.float32(numba.types.int32), codegen
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _exp(x):  # type: ignore[no-untyped-def]
+    """e^x in float32 for x <= 88 (within 2 ulp of np.exp; 1.2e-38 below -87, not 0; NaN
+    stays NaN): 2^f 2^n with n = round(x log2 e), 2^n built from its exponent bits. Inline
+    and vectorisable, where numba's np.exp is a scalar libm call (no SVML in pip's llvmlite):
+    that call made the head's log-softmax 14-15% of a level's time and the attention's
+    softmaxes most of theirs."""
+    t = max(x * F32(1.4426950408889634), F32(-126.0))
+    k = np.floor(t + F32(0.5))
+    f = t - k
+    p = ((((((_E7 * f + _E6) * f + _E5) * f + _E4) * f + _E3) * f + _E2) * f + _E1) * f + _E0
+    e = p * _bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))  # type: ignore[call-arg]
+    return e if x == x else x
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _ln_row(x, o, bias, add, gamma, beta, eps, out, r):  # type: ignore[no-untyped-def]
+    """out[r] = LayerNorm(x[r]); with `add`, first x[r] += o[r] + bias (in place)."""
+    d = x.shape[1]
+    inv_d = F32(1.0) / F32(d)
+    xr = x[r]
+    total = F32(0.0)
+    if add:
+        orow = o[r]
+        for j in range(d):
+            v = xr[j] + orow[j] + bias[j]
+            xr[j] = v
+            total += v
+    else:
+        for j in range(d):
+            total += xr[j]
+    mean = total * inv_d
+    var = F32(0.0)
+    for j in range(d):
+        c = xr[j] - mean
+        var += c * c
+    inv = F32(1.0) / np.sqrt(var * inv_d + eps)
+    outr = out[r]
+    for j in range(d):
+        outr[j] = (xr[j] - mean) * inv * gamma[j] + beta[j]
+
+
 def _add_ln(x, o, bias, add, ln, out):  # type: ignore[no-untyped-def]
     """out = LayerNorm(x) row by row, ln = (gamma, beta, eps); with `add`, first
     x += o + bias (in place)."""
     gamma, beta, eps = ln
-    rows, d = x.shape
-    inv_d = F32(1.0) / F32(d)
-    for r in prange(rows):
-        xr = x[r]
-        total = F32(0.0)
-        if add:
-            orow = o[r]
-            for j in range(d):
-                v = xr[j] + orow[j] + bias[j]
-                xr[j] = v
-                total += v
-        else:
-            for j in range(d):
-                total += xr[j]
-        mean = total * inv_d
-        var = F32(0.0)
+    for r in prange(x.shape[0]):
+        _ln_row(x, o, bias, add, gamma, beta, eps, out, r)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _self_attn_rows(qkv, bias, kv, anc, t, y, lo, hi, s, qv):  # type: ignore[no-untyped-def]
+    """`_self_attn` on rows lo..hi - 1; s (>= t + 1) and qv (d) are scratch."""
+    heads, hd2 = kv.shape[2], kv.shape[3]
+    hd = hd2 // 2
+    d = heads * hd
+    for r in range(lo, hi):
+        qr = qkv[r]
+        new = kv[t, r]
+        for h in range(heads):
+            dst = new[h]
+            src = qr[d + h * hd2:d + (h + 1) * hd2]
+            b = bias[d + h * hd2:d + (h + 1) * hd2]
+            for j in range(hd2):
+                dst[j] = src[j] + b[j]
         for j in range(d):
-            c = xr[j] - mean
-            var += c * c
-        inv = F32(1.0) / np.sqrt(var * inv_d + eps)
-        outr = out[r]
-        for j in range(d):
-            outr[j] = (xr[j] - mean) * inv * gamma[j] + beta[j]
+            qv[j] = qr[j] + bias[j]
+        yr = y[r]
+        for h in range(heads):
+            q = qv[h * hd:(h + 1) * hd]
+            top = F32(-np.inf)
+            for p in range(t + 1):
+                k = kv[p, anc[p, r], h]
+                a = F32(0.0)
+                for j in range(hd):
+                    a += q[j] * k[j]
+                s[p] = a
+                top = max(top, a)
+            total = F32(0.0)
+            for p in range(t + 1):
+                e = _exp(s[p] - top)
+                s[p] = e
+                total += e
+            inv = F32(1.0) / total
+            acc = yr[h * hd:(h + 1) * hd]
+            for j in range(hd):
+                acc[j] = F32(0.0)
+            for p in range(t + 1):
+                v = kv[p, anc[p, r], h, hd:]
+                w = s[p] * inv
+                for j in range(hd):
+                    acc[j] += w * v[j]
 
 
 def _self_attn(qkv, bias, kv, anc, t, y, chunks):  # type: ignore[no-untyped-def]
@@ -94,93 +185,63 @@ def _self_attn(qkv, bias, kv, anc, t, y, chunks):  # type: ignore[no-untyped-def
     y[r] = attention of the query over positions 0..t, position p read from kv[p, anc[p, r]].
     anc[t] must be the identity (a row reads the keys/values it wrote): rows run in parallel."""
     rows = qkv.shape[0]
-    heads, hd2 = kv.shape[2], kv.shape[3]
-    hd = hd2 // 2
-    d = heads * hd
+    d = kv.shape[2] * kv.shape[3] // 2
     for c in prange(chunks):   # chunks of rows (one per thread), each with its scratch
-        s = np.empty(t + 1, np.float32)
-        qv = np.empty(d, np.float32)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            qr = qkv[r]
-            new = kv[t, r]
-            for h in range(heads):
-                dst = new[h]
-                src = qr[d + h * hd2:d + (h + 1) * hd2]
-                b = bias[d + h * hd2:d + (h + 1) * hd2]
-                for j in range(hd2):
-                    dst[j] = src[j] + b[j]
-            for j in range(d):
-                qv[j] = qr[j] + bias[j]
-            yr = y[r]
-            for h in range(heads):
-                q = qv[h * hd:(h + 1) * hd]
-                top = F32(-np.inf)
-                for p in range(t + 1):
-                    k = kv[p, anc[p, r], h]
-                    a = F32(0.0)
-                    for j in range(hd):
-                        a += q[j] * k[j]
-                    s[p] = a
-                    top = max(top, a)
-                total = F32(0.0)
-                for p in range(t + 1):
-                    e = np.exp(s[p] - top)
-                    s[p] = e
-                    total += e
-                inv = F32(1.0) / total
-                acc = yr[h * hd:(h + 1) * hd]
-                for j in range(hd):
-                    acc[j] = F32(0.0)
-                for p in range(t + 1):
-                    v = kv[p, anc[p, r], h, hd:]
-                    w = s[p] * inv
-                    for j in range(hd):
-                        acc[j] += w * v[j]
+        _self_attn_rows(qkv, bias, kv, anc, t, y, c * rows // chunks, (c + 1) * rows // chunks,
+                        np.empty(t + 1, np.float32), np.empty(d, np.float32))
 
 
 # _self_attn and _cross_attn spell out the same softmax and weighted sum on purpose: a
 # shared inline helper (the softmax as its own pass) made both 14% slower (114 -> 130 and
 # 171 -> 195 us a call on 320 rows, alternating in one process)
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _cross_attn_rows(hc, bias, mem_k, mem_v, mask, beams, y, lo, hi, s,  # type: ignore[no-untyped-def]
+                     qv):
+    """`_cross_attn` on rows lo..hi - 1; s (>= N) and qv (d) are scratch."""
+    d = hc.shape[1]
+    heads, n_mem, hd = mem_k.shape[1], mem_k.shape[2], mem_k.shape[3]
+    for r in range(lo, hi):
+        qi = r // beams
+        hr = hc[r]
+        for j in range(d):
+            qv[j] = hr[j] + bias[j]
+        yr = y[r]
+        for h in range(heads):
+            q = qv[h * hd:(h + 1) * hd]
+            top = F32(-np.inf)
+            for n in range(n_mem):
+                if mask[qi, n]:
+                    k = mem_k[qi, h, n]
+                    a = F32(0.0)
+                    for j in range(hd):
+                        a += q[j] * k[j]
+                    s[n] = a
+                    top = max(top, a)
+            total = F32(0.0)
+            for n in range(n_mem):
+                e = _exp(s[n] - top) if mask[qi, n] else F32(0.0)
+                s[n] = e
+                total += e
+            inv = F32(1.0) / total
+            acc = yr[h * hd:(h + 1) * hd]
+            for j in range(hd):
+                acc[j] = F32(0.0)
+            for n in range(n_mem):
+                if mask[qi, n]:
+                    v = mem_v[qi, h, n]
+                    w = s[n] * inv
+                    for j in range(hd):
+                        acc[j] += w * v[j]
+
+
 def _cross_attn(hc, bias, mem_k, mem_v, mask, beams, y, chunks):  # type: ignore[no-untyped-def]
     """hc (Q * beams, d) scaled queries without bias; mem_k, mem_v (Q, H, N, hd) the memory's
     keys/values, shared by a query's beams; mask (Q, N), False = padding (never all False)."""
     rows, d = hc.shape
-    heads, n_mem, hd = mem_k.shape[1], mem_k.shape[2], mem_k.shape[3]
     for c in prange(chunks):   # chunks of rows (one per thread), each with its scratch
-        s = np.empty(n_mem, np.float32)
-        qv = np.empty(d, np.float32)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            qi = r // beams
-            hr = hc[r]
-            for j in range(d):
-                qv[j] = hr[j] + bias[j]
-            yr = y[r]
-            for h in range(heads):
-                q = qv[h * hd:(h + 1) * hd]
-                top = F32(-np.inf)
-                for n in range(n_mem):
-                    if mask[qi, n]:
-                        k = mem_k[qi, h, n]
-                        a = F32(0.0)
-                        for j in range(hd):
-                            a += q[j] * k[j]
-                        s[n] = a
-                        top = max(top, a)
-                total = F32(0.0)
-                for n in range(n_mem):
-                    e = np.exp(s[n] - top) if mask[qi, n] else F32(0.0)
-                    s[n] = e
-                    total += e
-                inv = F32(1.0) / total
-                acc = yr[h * hd:(h + 1) * hd]
-                for j in range(hd):
-                    acc[j] = F32(0.0)
-                for n in range(n_mem):
-                    if mask[qi, n]:
-                        v = mem_v[qi, h, n]
-                        w = s[n] * inv
-                        for j in range(hd):
-                            acc[j] += w * v[j]
+        _cross_attn_rows(hc, bias, mem_k, mem_v, mask, beams, y, c * rows // chunks,
+                         (c + 1) * rows // chunks, np.empty(mem_k.shape[2], np.float32),
+                         np.empty(d, np.float32))
 
 
 # erf as a rational function of x^2 on [-4, 4] (clamped outside; erf(4) = 1 - 1.5e-8):
@@ -197,23 +258,30 @@ _P0, _P1, _P2, _P3, _P4, _P5, _P6 = _ERF_P
 _Q0, _Q1, _Q2, _Q3, _Q4 = _ERF_Q
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _bias_gelu_rows(f, bias, lo, hi):  # type: ignore[no-untyped-def]
+    """`_bias_gelu` on rows lo..hi - 1."""
+    n = f.shape[1]
+    for r in range(lo, hi):
+        fr = f[r]
+        for j in range(n):
+            x = fr[j] + bias[j]
+            z = min(max(x * F32(0.7071067811865476), F32(-4.0)), F32(4.0))
+            z2 = z * z
+            p = ((((((_P0 * z2 + _P1) * z2 + _P2) * z2 + _P3) * z2 + _P4) * z2 + _P5) * z2
+                 + _P6) * z
+            q = (((_Q0 * z2 + _Q1) * z2 + _Q2) * z2 + _Q3) * z2 + _Q4
+            fr[j] = F32(0.5) * x * (F32(1.0) + p / q)
+
+
 def _bias_gelu(f, bias, chunks):  # type: ignore[no-untyped-def]
     """f = GELU(f + bias) in place (exact GELU, x/2 (1 + erf(x/sqrt 2))), rows split into
     `chunks` ranges. One pass where torch took two (add_, gelu) that cost 1.12-1.17x the
     decoder's time in the flow (in pairs), although torch's GELU alone was as fast in a tight
     loop (84 us against 77 on (320, 512))."""
-    rows, n = f.shape
+    rows = f.shape[0]
     for c in prange(chunks):
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            fr = f[r]
-            for j in range(n):
-                x = fr[j] + bias[j]
-                z = min(max(x * F32(0.7071067811865476), F32(-4.0)), F32(4.0))
-                z2 = z * z
-                p = ((((((_P0 * z2 + _P1) * z2 + _P2) * z2 + _P3) * z2 + _P4) * z2 + _P5) * z2
-                     + _P6) * z
-                q = (((_Q0 * z2 + _Q1) * z2 + _Q2) * z2 + _Q3) * z2 + _Q4
-                fr[j] = F32(0.5) * x * (F32(1.0) + p / q)
+        _bias_gelu_rows(f, bias, c * rows // chunks, (c + 1) * rows // chunks)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
@@ -245,6 +313,213 @@ def next_level(codes, parent, width, table, pos, anc, t, x):  # type: ignore[no-
     return 0
 
 
+def _find_mkl() -> bool:
+    """Registers MKL's sgemm_ and MKL_Set_Num_Threads_Local from torch's own library with
+    numba's linker (as `genir_sgemm`, `genir_mkl_threads_local`) so `_level` can call them
+    (and numba can cache it: the symbols are resolved by name when it loads). True where
+    torch ships MKL (its x86-64 builds); elsewhere `run_level` keeps torch's products."""
+    import ctypes
+
+    import llvmlite.binding as ll
+
+    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        try:
+            lib = ctypes.CDLL(os.path.join(folder, name))
+            sgemm, local = lib.sgemm_, lib.MKL_Set_Num_Threads_Local
+        except (OSError, AttributeError):
+            continue
+        ll.add_symbol("genir_sgemm", ctypes.cast(sgemm, ctypes.c_void_p).value)
+        ll.add_symbol("genir_mkl_threads_local", ctypes.cast(local, ctypes.c_void_p).value)
+        return True
+    return False
+
+
+MKL = _find_mkl()
+# Fortran sgemm: every argument by address (pointers passed as integers: same registers)
+_sgemm: Any = numba.types.ExternalFunction("genir_sgemm",
+                                           numba.types.void(*[numba.types.intp] * 13))
+_mkl_threads_local: Any = numba.types.ExternalFunction("genir_mkl_threads_local",
+                                                  numba.types.int32(numba.types.int32))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _gemm_rows(x, w, out, lo, hi, ints, flts):  # type: ignore[no-untyped-def]
+    """out[lo:hi] = x[lo:hi] @ w.T by MKL's sgemm, w (n, k) as torch stores a Linear's
+    weight; all C-contiguous float32. ints (6) int32 and flts (2) float32 are scratch."""
+    if hi <= lo:
+        return
+    n, k = w.shape
+    # column-major: out^T (n, rows) = w (n, k) @ x^T, w read as the transpose of (k, n)
+    ints[0], ints[1], ints[2] = n, hi - lo, k
+    ints[3], ints[4] = x.shape[1], out.shape[1]     # leading dimensions of x and out
+    ints[5] = 0x4E54                                # b"TN": transa, transb
+    flts[0], flts[1] = 1.0, 0.0
+    p, f = ints.ctypes.data, flts.ctypes.data
+    _sgemm(p + 20, p + 21, p, p + 4, p + 8, f, w.ctypes.data, p + 8,
+           x.ctypes.data + 4 * lo * x.shape[1], p + 12, f + 4,
+           out.ctypes.data + 4 * lo * out.shape[1], p + 16)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _row_max(z, lanes):  # type: ignore[no-untyped-def]
+    """max(z) over 8 running maxima (lanes: 8 float32 of scratch; NaNs are passed over):
+    a single running max does not vectorise without fastmath's no-NaN flag (345 against
+    120 us over (960, 256) here)."""
+    lanes[:] = -np.inf
+    n8 = z.shape[0] // 8 * 8
+    for j in range(0, n8, 8):
+        for i in range(8):
+            v = z[j + i]
+            lanes[i] = v if v > lanes[i] else lanes[i]
+    top = lanes.max()
+    for j in range(n8, z.shape[0]):
+        top = z[j] if z[j] > top else top
+    return top
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _bias_log_softmax_rows(z, bias, lo, hi, lanes):  # type: ignore[no-untyped-def]
+    """z[r] = log_softmax(z[r] + bias) for rows lo..hi - 1, in place (a NaN logit makes its
+    row NaN, as torch's does: the beam search refuses it); lanes: 8 float32 of scratch."""
+    n = z.shape[1]
+    for r in range(lo, hi):
+        zr = z[r]
+        for j in range(n):
+            zr[j] += bias[j]
+        top = _row_max(zr, lanes)
+        total = F32(0.0)
+        for j in range(n):
+            total += _exp(zr[j] - top)
+        shift = top + np.log(total)
+        for j in range(n):
+            zr[j] -= shift
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _level_rows(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ignore[no-untyped-def]
+                scratch, lo, hi, own_thread):
+    """`_level` on rows lo..hi - 1 (scratch: h, y, o, qkv, f, rows for every row).
+    `own_thread`: MKL's products on the calling thread only (a chunk of a parallel region;
+    else MKL would start its own threads inside it); otherwise MKL's threads, as torch.mm
+    would use."""
+    mem_k, mem_v = memory
+    (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross, b_fc1, b_fc2,
+     ln_g, ln_b, ln_eps) = weights
+    head_w, head_b = head
+    h, y, o, qkv, f = scratch
+    previous = _mkl_threads_local(1) if own_thread else 0
+    ints = np.empty(6, np.int32)
+    flts = np.empty(2, np.float32)
+    s_self = np.empty(t + 1, np.float32)
+    s_cross = np.empty(mem_k[0].shape[2], np.float32)
+    qv = np.empty(x.shape[1], np.float32)
+    for r in range(lo, hi):
+        _ln_row(x, x, x[0], False, ln_g[0, 0], ln_b[0, 0], ln_eps[0, 0], h, r)
+    for i in range(len(w_qkv)):
+        _gemm_rows(h, w_qkv[i], qkv, lo, hi, ints, flts)
+        _self_attn_rows(qkv, b_qkv[i], kv[i], anc, t, y, lo, hi, s_self, qv)
+        _gemm_rows(y, w_self[i], o, lo, hi, ints, flts)
+        for r in range(lo, hi):
+            _ln_row(x, o, b_self[i], True, ln_g[i, 1], ln_b[i, 1], ln_eps[i, 1], h, r)
+        _gemm_rows(h, w_cq[i], o, lo, hi, ints, flts)
+        _cross_attn_rows(o, b_cq[i], mem_k[i], mem_v[i], mask, beams, y, lo, hi, s_cross, qv)
+        _gemm_rows(y, w_cross[i], o, lo, hi, ints, flts)
+        for r in range(lo, hi):
+            _ln_row(x, o, b_cross[i], True, ln_g[i, 2], ln_b[i, 2], ln_eps[i, 2], h, r)
+        _gemm_rows(h, w_fc1[i], f, lo, hi, ints, flts)
+        _bias_gelu_rows(f, b_fc1[i], lo, hi)
+        _gemm_rows(f, w_fc2[i], o, lo, hi, ints, flts)
+        for r in range(lo, hi):
+            _ln_row(x, o, b_fc2[i], True, ln_g[i, 3], ln_b[i, 3], ln_eps[i, 3], h, r)
+    _gemm_rows(h, head_w, logp, lo, hi, ints, flts)
+    _bias_log_softmax_rows(logp, head_b, lo, hi, np.empty(8, np.float32))
+    if own_thread:
+        _mkl_threads_local(previous)
+
+
+def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ignore[no-untyped-def]
+           chunks):
+    """`run_level` in one call: each chunk of rows (one per thread) goes through every block
+    and the head on its own (`_level_rows`), MKL's sgemm on that thread for the products (a
+    level's rows are independent: a row reads earlier levels' keys/values and its own).
+    memory: (keys, values) per block; weights: `FusedWeights.level` (w_*: (out, in) as
+    torch stores them, per block in tuples; b_*: biases stacked; ln_g, ln_b (blocks, 4, d),
+    ln_eps (blocks, 4): the self, cross, MLP and next layer norms); head: (weight, bias) of
+    level t. Writes logp (rows, K_t), the log-probabilities, and position t's keys/values.
+    The chunk's work is its own compiled function, shared by the serial and parallel
+    variants."""
+    rows, d = x.shape
+    mem_k, mem_v = memory       # (a parallel loop takes tuples of arrays, not nested ones)
+    (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross, b_fc1, b_fc2,
+     ln_g, ln_b, ln_eps) = weights
+    head_w, head_b = head
+    h = np.empty((rows, d), np.float32)
+    y = np.empty((rows, d), np.float32)
+    o = np.empty((rows, d), np.float32)
+    qkv = np.empty((rows, 3 * d), np.float32)
+    f = np.empty((rows, w_fc1[0].shape[0]), np.float32)
+    for c in prange(chunks):
+        _level_rows(x, t, beams, anc, mask, kv, (mem_k, mem_v),
+                    (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross,
+                     b_fc1, b_fc2, ln_g, ln_b, ln_eps), (head_w, head_b), logp,
+                    (h, y, o, qkv, f), c * rows // chunks, (c + 1) * rows // chunks, chunks > 1)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _memory_rows(query, weights, mem_k, mem_v, scratch, lo, hi,  # type: ignore[no-untyped-def]
+                 own_thread):
+    """`_memory` for queries lo..hi - 1 (scratch: hidden, prefix, mem, kv rows)."""
+    w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b = weights
+    hidden, prefix, mem, kv = scratch
+    previous = _mkl_threads_local(1) if own_thread else 0
+    d = w1.shape[0]
+    n_mem = pos.shape[0]
+    heads, hd = mem_k[0].shape[1], mem_k[0].shape[3]
+    rows = prefix.reshape(prefix.shape[0] * n_mem, d)
+    ints = np.empty(6, np.int32)
+    flts = np.empty(2, np.float32)
+    _gemm_rows(query, w1, hidden, lo, hi, ints, flts)
+    _bias_gelu_rows(hidden, b1, lo, hi)
+    _gemm_rows(hidden, w2, prefix, lo, hi, ints, flts)
+    for r in range(lo * n_mem, hi * n_mem):
+        p = r % n_mem
+        row = rows[r]
+        for j in range(d):
+            row[j] += b2[p * d + j] + pos[p, j]
+        _ln_row(rows, rows, b2, False, ln_g, ln_b, eps, mem, r)
+    for i in range(len(kv_w)):
+        _gemm_rows(mem, kv_w[i], kv, lo * n_mem, hi * n_mem, ints, flts)
+        bias = kv_b[i]
+        for r in range(lo * n_mem, hi * n_mem):
+            qi, n = r // n_mem, r % n_mem
+            src = kv[r]
+            for h in range(heads):
+                k, v = mem_k[i][qi, h, n], mem_v[i][qi, h, n]
+                for j in range(hd):
+                    k[j] = src[h * hd + j] + bias[h * hd + j]
+                    v[j] = src[d + h * hd + j] + bias[d + h * hd + j]
+    if own_thread:
+        _mkl_threads_local(previous)
+
+
+def _memory(query, weights, mem_k, mem_v, chunks):  # type: ignore[no-untyped-def]
+    """`CodeDecoder.memory` for pooled queries and every block's cross-attention keys and
+    values of it, in one call: the prefix MLP (query_dim -> d, exact GELU, d -> P d), plus
+    positions, layer norm, then per block kv_w (2d, d) + kv_b written as mem_k, mem_v
+    (Q, H, P, hd); weights: `FusedWeights.memory`. Queries split into `chunks`, each on its
+    own thread as in `_level`."""
+    w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b = weights   # (not nested in the loop)
+    nq, d, n_mem = query.shape[0], w1.shape[0], pos.shape[0]
+    hidden = np.empty((nq, d), np.float32)
+    prefix = np.empty((nq, n_mem * d), np.float32)
+    mem = np.empty((nq * n_mem, d), np.float32)
+    kv = np.empty((nq * n_mem, 2 * d), np.float32)
+    for c in prange(chunks):
+        _memory_rows(query, (w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b), mem_k, mem_v,
+                     (hidden, prefix, mem, kv), c * nq // chunks, (c + 1) * nq // chunks,
+                     chunks > 1)
+
 class RowKernels(NamedTuple):
     """The kernels that loop over rows, compiled serial or parallel, and the threads (chunks
     of rows) the attention and GELU kernels split their rows into (the layer norm's `prange`
@@ -253,6 +528,8 @@ class RowKernels(NamedTuple):
     self_attn: Callable[..., None]
     cross_attn: Callable[..., None]
     bias_gelu: Callable[..., None]
+    level: Callable[..., None]    # `_level`: a whole level in one call (needs MKL)
+    memory: Callable[..., None]   # `_memory`: the query memory's keys/values (needs MKL)
     threads: int
 
 
@@ -268,6 +545,7 @@ def _compile(func: Callable[..., None], parallel: bool) -> Callable[..., None]:
 
 SERIAL, PARALLEL = (RowKernels(_compile(_add_ln, parallel), _compile(_self_attn, parallel),
                                _compile(_cross_attn, parallel), _compile(_bias_gelu, parallel),
+                               _compile(_level, parallel), _compile(_memory, parallel),
                                threads=1)
                     for parallel in (False, True))
 # layer norms over fewer elements than this run serial: the parallel launch (~3 us) cost
@@ -370,10 +648,52 @@ class FusedWeights:
                 })
             heads = [cast(nn.Linear, h) for h in model.heads]
             self.heads = [(h.weight.detach().t(), h.bias.detach()) for h in heads]
+            # `_level`'s: None where MKL is missing or the GELU is tanh-approximate
+            self.level = _level_arrays(self.blocks) if MKL else None
+            self.level_heads = [(h.weight.detach().numpy(), h.bias.detach().numpy())
+                                for h in heads]
+            self.memory = _memory_arrays(model) if self.level is not None else None
             # per level t >= 1: the table of level t - 1's codes and position t
             self.tokens = [(cast(nn.Embedding, e).weight.detach().numpy(),
                             model.pos.detach()[t + 1].numpy())
                            for t, e in enumerate(model.code_emb)]
+
+
+def _level_arrays(blocks: list[dict]) -> tuple | None:
+    """`_level`'s weight arguments (w_qkv .. ln_eps) from `FusedWeights.blocks`; None if a
+    block's GELU is the tanh approximation (`_level` has the exact one only)."""
+    if any(b["gelu"] != "none" for b in blocks):
+        return None
+    weights = tuple(tuple(np.ascontiguousarray(b[name].t().numpy()) for b in blocks)
+                    for name in ("qkv", "self_out", "cross_q", "cross_out", "fc1", "fc2"))
+    biases = tuple(np.stack([b[name] for b in blocks])
+                   for name in ("qkv_b", "self_out_b", "cross_q_b", "cross_out_b", "fc1_b",
+                                "fc2_b"))
+    lns = [[b[name] for name in ("ln_self", "ln_cross", "ln_mlp", "ln_next")] for b in blocks]
+    ln_g = np.array([[g for g, _, _ in ln] for ln in lns], dtype=F32)
+    ln_b = np.array([[b for _, b, _ in ln] for ln in lns], dtype=F32)
+    ln_eps = np.array([[e for _, _, e in ln] for ln in lns], dtype=F32)
+    return (*weights, *biases, ln_g, ln_b, ln_eps)
+
+
+def _memory_arrays(model: CodeDecoder) -> tuple | None:
+    """`_memory`'s weight arguments (w1 .. kv_b); None unless the memory is the prefix MLP
+    of a pooled query with the exact GELU."""
+    prefix = model.prefix
+    if model.config.query_tokens or not isinstance(prefix, nn.Sequential) or len(prefix) != 3:
+        return None
+    fc1, gelu, fc2 = prefix
+    if not (isinstance(fc1, nn.Linear) and isinstance(gelu, nn.GELU) and gelu.approximate == "none"
+            and isinstance(fc2, nn.Linear)):
+        return None
+    blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
+    kvs = [cast(nn.Linear, b.cross_attn.kv) for b in blocks]
+    g, b, eps = _ln(model.prefix_ln)
+    return (fc1.weight.detach().numpy(), fc1.bias.detach().numpy(),
+            fc2.weight.detach().numpy(), fc2.bias.detach().numpy(),
+            model.prefix_pos.detach().numpy(), g, b, eps,
+            tuple(kv.weight.detach().numpy() for kv in kvs),
+            tuple(kv.bias.detach().numpy() for kv in kvs))
 
 
 def _ln(m: nn.Module) -> tuple:
@@ -392,18 +712,27 @@ def fusable(model: CodeDecoder, query: torch.Tensor) -> bool:
 
 def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,
               memory: list[tuple[np.ndarray, np.ndarray]], mask: np.ndarray,
-              x: torch.Tensor, t: int, beams: int) -> torch.Tensor:
+              x: torch.Tensor, t: int, beams: int, one_call: bool = True) -> torch.Tensor:
     """x (rows, d) contiguous tokens of position t (updated in place) -> log-probabilities of
-    level t's code (rows, K_t); writes position t's keys/values into kv[block][t]."""
+    level t's code (rows, K_t); writes position t's keys/values into kv[block][t]. In one
+    compiled call (`_level`) when `one_call` and the weights allow it (`FusedWeights.level`),
+    else torch's products with the row kernels between them."""
     rows, d = x.shape
     if rows < ROWS_PARALLEL_MIN:
         k = SERIAL
+    chunks = min(k.threads, max(rows, 1))
+    if one_call and w.level is not None:
+        weight, bias = w.level_heads[t]
+        logp = np.empty((rows, weight.shape[0]), dtype=F32)
+        k.level(x.numpy(), t, beams, anc, mask, tuple(kv),
+                (tuple(m for m, _ in memory), tuple(v for _, v in memory)), w.level,
+                (weight, bias), logp, chunks)
+        return torch.from_numpy(logp)
     xn = x.numpy()
     h = torch.empty(rows, d)
     y = torch.empty(rows, d)
     hn, yn = h.numpy(), y.numpy()
     add_ln = k.add_ln if rows * d >= LN_PARALLEL_MIN else SERIAL.add_ln
-    chunks = min(k.threads, max(rows, 1))
     add_ln(xn, xn, xn[0], False, w.blocks[0]["ln_self"], hn)
     for i, b in enumerate(w.blocks):
         k.self_attn(torch.mm(h, b["qkv"]).numpy(), b["qkv_b"], kv[i], anc, t, yn, chunks)

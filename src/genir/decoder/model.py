@@ -35,7 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genir.decoder.fused import FusedWeights, fusable, next_level, row_kernels, run_level
+from genir.decoder.fused import (
+    ROWS_PARALLEL_MIN,
+    SERIAL,
+    FusedWeights,
+    fusable,
+    next_level,
+    row_kernels,
+    run_level,
+)
 
 # T5-small's decoder shape (6 layers, d 512, 8 heads, MLP 2,048 = 4 d) fed GENIUS's 30
 # prefix vectors: the size issue 6 compares the default against (DecoderConfig fields)
@@ -154,6 +162,7 @@ class CodeDecoder(nn.Module):
         self.compiled_decoding = False  # see compile_decoding
         self.fused_decoding = True      # see fuse_decoding
         self.fused_parallel = True      # see fuse_decoding
+        self.fused_one_call = True      # see fuse_decoding
 
     def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
@@ -207,19 +216,23 @@ class CodeDecoder(nn.Module):
             return DecoderSession(self, query)
         return FusedSession(self, query, weights)
 
-    def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None
-                      ) -> CodeDecoder:
+    def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None,
+                      one_call: bool | None = None) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
-        on by default): with the default decoder 1.49-1.55x the queries/s of the torch
+        on by default): with the default decoder 1.79-1.92x the queries/s of the torch
         session at batch 32 (timed in pairs, docs/benchmarks.md). Off: always the torch
-        session. `parallel`: its kernels split the rows over torch's threads
-        (`genir.decoder.fused.row_kernels`, the default; 1.13-1.36x the queries/s at batch
-        32 on 2 threads here); False keeps them on the calling thread, for a server that
-        already runs one search per core; None leaves the setting as it is. Neither is
-        saved with the model. Returns the model."""
+        session. `parallel`: its compiled loops split the rows over torch's threads
+        (`genir.decoder.fused.row_kernels`, the default); False keeps them on the calling
+        thread, for a server that already runs one search per core. `one_call`: a level
+        in one compiled call with MKL's products inside, where torch ships MKL (the default;
+        1.06-1.23x the queries/s of torch's products with the row kernels between them, which
+        False asks for). None leaves a setting as it is. None of these is saved with the
+        model. Returns the model."""
         self.fused_decoding = bool(enabled)
         if parallel is not None:
             self.fused_parallel = bool(parallel)
+        if one_call is not None:
+            self.fused_one_call = bool(one_call)
         return self
 
     def fused_weights(self) -> FusedWeights | None:
@@ -359,6 +372,7 @@ class FusedSession(DecoderSession):
         self.weights_fused = weights
         # (a model pickled whole before the setting existed has no attribute: parallel)
         self.kernels = row_kernels(getattr(model, "fused_parallel", True))
+        self.one_call = getattr(model, "fused_one_call", True)
         with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
             self._start(model, query)
 
@@ -366,13 +380,26 @@ class FusedSession(DecoderSession):
         cfg = model.config
         q = self.num_queries = query.shape[0]
         self.model, self.compiled, self.level = model, False, 0
-        mem, mask = model.memory(query)
-        self.mask = (np.ones((q, mem.shape[1]), dtype=np.bool_) if mask is None
-                     else mask.numpy())
         # the memory's cross-attention keys/values once per query, (Q, H, N, hd) each
-        self.memory = [tuple(t.contiguous().numpy()
-                             for t in blk.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
-                       for blk in model.blocks]
+        w = self.weights_fused
+        if (self.one_call and w.memory is not None and query.ndim == 2
+                and query.shape[1] == cfg.query_dim):
+            n_mem, heads = cfg.num_prefix, cfg.num_heads
+            shape = (q, heads, n_mem, cfg.d_model // heads)
+            keys = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
+            values = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
+            kernels = SERIAL if q * n_mem < ROWS_PARALLEL_MIN else self.kernels
+            kernels.memory(np.ascontiguousarray(query.numpy()), w.memory, keys, values,
+                           min(kernels.threads, q))
+            self.mask = np.ones((q, n_mem), dtype=np.bool_)
+            self.memory = list(zip(keys, values, strict=True))
+        else:
+            mem, mask = model.memory(query)
+            self.mask = (np.ones((q, mem.shape[1]), dtype=np.bool_) if mask is None
+                         else mask.numpy())
+            self.memory = [tuple(t.contiguous().numpy()
+                                 for t in blk.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
+                           for blk in model.blocks]
         hd2 = 2 * (cfg.d_model // cfg.num_heads)
         # per block, each level's keys | values where they were written: (levels, rows, H, 2 hd);
         # anc[p, r]: the row of level p that row r's beam descends from
@@ -382,7 +409,7 @@ class FusedSession(DecoderSession):
         self.anc[0] = np.arange(q)
         x = (model.bos.expand(q, -1) + model.pos[0]).contiguous()
         self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
-                              self.mask, x, 0, 1)
+                              self.mask, x, 0, 1, self.one_call)
 
     def _step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
         with torch.inference_mode():
@@ -419,7 +446,7 @@ class FusedSession(DecoderSession):
             raise IndexError(f"codes of level {level} must be in 0..{len(table) - 1}, got "
                              f"{int(codes.min())}..{int(codes.max())}")
         self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
-                              self.mask, x, t, beams)
+                              self.mask, x, t, beams, self.one_call)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
