@@ -219,13 +219,13 @@ class CodeDecoder(nn.Module):
     def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None,
                       one_call: bool | None = None) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
-        on by default): with the default decoder 1.79-1.92x the queries/s of the torch
+        on by default): with the default decoder 1.76-1.92x the queries/s of the torch
         session at batch 32 (timed in pairs, docs/benchmarks.md). Off: always the torch
         session. `parallel`: its compiled loops split the rows over torch's threads
         (`genir.decoder.fused.row_kernels`, the default); False keeps them on the calling
         thread, for a server that already runs one search per core. `one_call`: a level
         in one compiled call with MKL's products inside, where torch ships MKL (the default;
-        1.06-1.23x the queries/s of torch's products with the row kernels between them, which
+        1.06-1.37x the queries/s of torch's products with the row kernels between them, which
         False asks for). None leaves a setting as it is. None of these is saved with the
         model. Returns the model."""
         self.fused_decoding = bool(enabled)
