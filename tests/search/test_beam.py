@@ -334,19 +334,22 @@ def test_memory_kernel_equals_torch():
 
 @needs_mkl
 def test_level_in_one_call_splits_rows_like_the_kernels():
-    """A whole level in one call (`_level`), serial or split into 1, 2, 3 or 7 chunks of
-    rows (not dividing the 21 rows), gives what torch's products with the row kernels between
-    them give: log-probabilities, position t's keys/values and the residual stream."""
+    """A whole level in one call (`_level`), serial or split into 2, 3 or 7 chunks of rows
+    (35 rows: at least `ROWS_PARALLEL_MIN`, so the chunks are real; 2 and 3 do not divide
+    them), gives what torch's products with the row kernels between them give:
+    log-probabilities, position t's keys/values and the residual stream."""
     model = tiny_decoder((4, 3, 5))
-    queries = torch.randn(3, 6)
+    queries = torch.randn(5, 6)
+    rows = 5 * 7
+    assert rows >= fused.ROWS_PARALLEL_MIN
     with torch.inference_mode():
         s = FusedSession(model, queries)
-        s.advance(0, torch.tensor([[1, 2] * 3 + [0]] * 3), torch.zeros(3, 7, dtype=torch.int64))
-    x = torch.randn(21, 16)
+        s.advance(0, torch.tensor([[1, 2] * 3 + [0]] * 5), torch.zeros(5, 7, dtype=torch.int64))
+    x = torch.randn(rows, 16)
     w = s.weights_fused
     results = []
     for kernels, one_call in ((fused.SERIAL, False), (fused.SERIAL, True),
-                              *((fused.PARALLEL._replace(threads=c), True) for c in (1, 2, 3, 7))):
+                              *((fused.PARALLEL._replace(threads=c), True) for c in (2, 3, 7))):
         kv = [a.copy() for a in s.kv]
         xs = x.clone()
         logp = fused.run_level(kernels, w, kv, s.anc, s.memory, s.mask, xs, 1, 7, one_call)

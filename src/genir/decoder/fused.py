@@ -29,9 +29,10 @@ The self-attention cache is never gathered or concatenated: each level's keys/va
 where they were written, (levels, rows, H, 2 hd) per block, and `anc[p, r]` says which row
 of level p the beam in row r descends from. Re-ordering the beams only re-maps those ints.
 
-Everything is compiled twice, serial and parallel; a session runs the parallel variants on
-torch's thread count (`row_kernels`), rows split into one chunk per thread, unless torch
-has one thread or the model asks otherwise (`CodeDecoder.fuse_decoding(parallel=False)`).
+The row kernels, `_level` and `_memory` are compiled twice, serial and parallel (the
+per-chunk functions they call once); a session runs the parallel variants on torch's
+thread count (`row_kernels`), rows split into one chunk per thread, unless torch has one
+thread or the model asks otherwise (`CodeDecoder.fuse_decoding(parallel=False)`).
 
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
@@ -87,8 +88,9 @@ def _bits_as_float32(typingctx, bits):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
 def _exp(x):  # type: ignore[no-untyped-def]
-    """e^x in float32 for x <= 88 (within 2 ulp of np.exp; 1.2e-38 below -87, not 0; NaN
-    stays NaN): 2^f 2^n with n = round(x log2 e), 2^n built from its exponent bits. Inline
+    """e^x in float32 for x <= 88 (relative error <= 4e-6 over [-87, 0] and <= 1e-6 over
+    [-10, 0], from rounding x log2 e to float32; 1.2e-38 below -87, not 0; NaN stays NaN):
+    2^f 2^n with n = round(x log2 e), 2^n built from its exponent bits. Inline
     and vectorisable, where numba's np.exp is a scalar libm call (no SVML in pip's llvmlite):
     that call made the head's log-softmax 14-15% of a level's time and the attention's
     softmaxes most of theirs."""
@@ -346,7 +348,9 @@ _mkl_threads_local: Any = numba.types.ExternalFunction("genir_mkl_threads_local"
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _gemm_rows(x, w, out, lo, hi, ints, flts):  # type: ignore[no-untyped-def]
     """out[lo:hi] = x[lo:hi] @ w.T by MKL's sgemm, w (n, k) as torch stores a Linear's
-    weight; all C-contiguous float32. ints (6) int32 and flts (2) float32 are scratch."""
+    weight; all C-contiguous float32 (strides are not read), x.shape[1] == k and
+    out.shape[1] == n: the callers' arrays, not checked here. ints (6) int32 and flts (2)
+    float32 are scratch."""
     if hi <= lo:
         return
     n, k = w.shape
@@ -521,9 +525,9 @@ def _memory(query, weights, mem_k, mem_v, chunks):  # type: ignore[no-untyped-de
                      chunks > 1)
 
 class RowKernels(NamedTuple):
-    """The kernels that loop over rows, compiled serial or parallel, and the threads (chunks
-    of rows) the attention and GELU kernels split their rows into (the layer norm's `prange`
-    is over rows: it keeps no scratch)."""
+    """The compiled loops, serial or parallel, and the threads (chunks of rows) that the
+    attention, GELU, level and memory functions split their rows into (the layer norm's
+    `prange` is over rows: it keeps no scratch)."""
     add_ln: Callable[..., None]
     self_attn: Callable[..., None]
     cross_attn: Callable[..., None]
@@ -619,8 +623,10 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 class FusedWeights:
     """Per block the arrays `FusedSession` reads: torch weights for the products (transposed
-    views, no copies), numpy views of biases and layer-norm parameters for the kernels.
-    Made by `CodeDecoder.fused_weights`, which keeps it until a parameter changes."""
+    views, no copies), numpy views of biases and layer-norm parameters for the kernels;
+    for `_level` and `_memory` the weights as C-contiguous arrays (views unless a parameter
+    is not contiguous) and the biases and layer-norm parameters stacked (copies). Made by
+    `CodeDecoder.fused_weights`, which keeps it until a parameter changes."""
 
     def __init__(self, model: CodeDecoder) -> None:
         fused = model.decoding_weights()
@@ -650,8 +656,7 @@ class FusedWeights:
             self.heads = [(h.weight.detach().t(), h.bias.detach()) for h in heads]
             # `_level`'s: None where MKL is missing or the GELU is tanh-approximate
             self.level = _level_arrays(self.blocks) if MKL else None
-            self.level_heads = [(h.weight.detach().numpy(), h.bias.detach().numpy())
-                                for h in heads]
+            self.level_heads = [(_c(h.weight), _c(h.bias)) for h in heads]
             self.memory = _memory_arrays(model) if self.level is not None else None
             # per level t >= 1: the table of level t - 1's codes and position t
             self.tokens = [(cast(nn.Embedding, e).weight.detach().numpy(),
@@ -689,11 +694,14 @@ def _memory_arrays(model: CodeDecoder) -> tuple | None:
     blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
     kvs = [cast(nn.Linear, b.cross_attn.kv) for b in blocks]
     g, b, eps = _ln(model.prefix_ln)
-    return (fc1.weight.detach().numpy(), fc1.bias.detach().numpy(),
-            fc2.weight.detach().numpy(), fc2.bias.detach().numpy(),
-            model.prefix_pos.detach().numpy(), g, b, eps,
-            tuple(kv.weight.detach().numpy() for kv in kvs),
-            tuple(kv.bias.detach().numpy() for kv in kvs))
+    return (_c(fc1.weight), _c(fc1.bias), _c(fc2.weight), _c(fc2.bias), _c(model.prefix_pos),
+            g, b, eps, tuple(_c(kv.weight) for kv in kvs), tuple(_c(kv.bias) for kv in kvs))
+
+
+def _c(p: torch.Tensor) -> np.ndarray:
+    """A parameter as a C-contiguous float32 array (`_gemm_rows` reads plain row-major
+    memory; a view unless the parameter is strided)."""
+    return np.ascontiguousarray(p.detach().numpy())
 
 
 def _ln(m: nn.Module) -> tuple:
@@ -721,6 +729,8 @@ def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndar
     if rows < ROWS_PARALLEL_MIN:
         k = SERIAL
     chunks = min(k.threads, max(rows, 1))
+    if chunks < 2:   # one chunk: the serial variants (MKL's own threads, no parallel region)
+        k = SERIAL
     if one_call and w.level is not None:
         weight, bias = w.level_heads[t]
         logp = np.empty((rows, weight.shape[0]), dtype=F32)

@@ -388,7 +388,8 @@ class FusedSession(DecoderSession):
             shape = (q, heads, n_mem, cfg.d_model // heads)
             keys = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
             values = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
-            kernels = SERIAL if q * n_mem < ROWS_PARALLEL_MIN else self.kernels
+            kernels = (SERIAL if q * n_mem < ROWS_PARALLEL_MIN or min(self.kernels.threads, q) < 2
+                       else self.kernels)
             kernels.memory(np.ascontiguousarray(query.numpy()), w.memory, keys, values,
                            min(kernels.threads, q))
             self.mask = np.ones((q, n_mem), dtype=np.bool_)
