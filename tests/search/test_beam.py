@@ -267,7 +267,7 @@ needs_mkl = pytest.mark.skipif(not fused.MKL, reason="torch here has no MKL sgem
 @needs_mkl
 def test_gemm_rows_equals_numpy():
     """MKL's sgemm as `_level` calls it: out[lo:hi] = x[lo:hi] @ w.T, other rows untouched,
-    an empty range a no-op; x and out wider than the product is not allowed (contiguous)."""
+    an empty range a no-op."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(9, 5)).astype(np.float32)
     w = rng.normal(size=(4, 5)).astype(np.float32)

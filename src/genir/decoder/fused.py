@@ -20,8 +20,9 @@ output head (bias + log-softmax included) with MKL's sgemm on that thread, calle
 the compiled code (`_gemm_rows`); `_memory` does the same for the query memory and its
 cross-attention keys/values at the session's start. A level's rows are independent (a row
 reads earlier levels' keys/values and its own), so a level needs no synchronisation
-beyond its one parallel region, where the row kernels between torch's products took ~14
-calls from Python and 12 thread hand-offs a block. Elsewhere, and with
+beyond its one parallel region, where the row kernels between torch's products took 12
+calls from Python a block (6 products, 6 compiled loops), each a thread hand-off.
+Elsewhere, and with
 `CodeDecoder.fuse_decoding(one_call=False)`, the products stay torch's (`torch.mm`) with the
 row kernels between them (`run_level`).
 
@@ -524,6 +525,7 @@ def _memory(query, weights, mem_k, mem_v, chunks):  # type: ignore[no-untyped-de
                      (hidden, prefix, mem, kv), c * nq // chunks, (c + 1) * nq // chunks,
                      chunks > 1)
 
+
 class RowKernels(NamedTuple):
     """The compiled loops, serial or parallel, and the threads (chunks of rows) that the
     attention, GELU, level and memory functions split their rows into (the layer norm's
@@ -587,6 +589,17 @@ def row_kernels(parallel: bool) -> RowKernels:
     if numba.get_num_threads() != threads:   # per calling thread in numba
         numba.set_num_threads(threads)
     return PARALLEL._replace(threads=threads)
+
+
+def split(k: RowKernels, rows: int, units: int) -> tuple[RowKernels, int]:
+    """The variants and chunk count for work over `rows` rows split by `units` (rows, or
+    queries for the memory): `k` on min(threads, units) chunks, or SERIAL on one chunk
+    when there are fewer than ROWS_PARALLEL_MIN rows or fewer than two chunks (one chunk
+    runs serial: MKL's own threads, no parallel region around them)."""
+    chunks = min(k.threads, max(units, 1))
+    if rows < ROWS_PARALLEL_MIN or chunks < 2:
+        return SERIAL, 1
+    return k, chunks
 
 
 def _threads_pid() -> int:
@@ -726,11 +739,7 @@ def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndar
     compiled call (`_level`) when `one_call` and the weights allow it (`FusedWeights.level`),
     else torch's products with the row kernels between them."""
     rows, d = x.shape
-    if rows < ROWS_PARALLEL_MIN:
-        k = SERIAL
-    chunks = min(k.threads, max(rows, 1))
-    if chunks < 2:   # one chunk: the serial variants (MKL's own threads, no parallel region)
-        k = SERIAL
+    k, chunks = split(k, rows, rows)
     if one_call and w.level is not None:
         weight, bias = w.level_heads[t]
         logp = np.empty((rows, weight.shape[0]), dtype=F32)

@@ -35,15 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genir.decoder.fused import (
-    ROWS_PARALLEL_MIN,
-    SERIAL,
-    FusedWeights,
-    fusable,
-    next_level,
-    row_kernels,
-    run_level,
-)
+from genir.decoder.fused import FusedWeights, fusable, next_level, row_kernels, run_level, split
 
 # T5-small's decoder shape (6 layers, d 512, 8 heads, MLP 2,048 = 4 d) fed GENIUS's 30
 # prefix vectors: the size issue 6 compares the default against (DecoderConfig fields)
@@ -388,10 +380,8 @@ class FusedSession(DecoderSession):
             shape = (q, heads, n_mem, cfg.d_model // heads)
             keys = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
             values = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
-            kernels = (SERIAL if q * n_mem < ROWS_PARALLEL_MIN or min(self.kernels.threads, q) < 2
-                       else self.kernels)
-            kernels.memory(np.ascontiguousarray(query.numpy()), w.memory, keys, values,
-                           min(kernels.threads, q))
+            kernels, chunks = split(self.kernels, q * n_mem, q)
+            kernels.memory(np.ascontiguousarray(query.numpy()), w.memory, keys, values, chunks)
             self.mask = np.ones((q, n_mem), dtype=np.bool_)
             self.memory = list(zip(keys, values, strict=True))
         else:
