@@ -92,6 +92,56 @@ def split_search(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: i
     return best
 
 
+def paired_decoder_fraction(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: int,
+                            batch: int, rounds: int) -> dict:
+    """The decoder's time against its own matrix products, batch by batch: every batch is
+    searched (no rerank) with the decoder session timed, then the decoder's matrix products
+    (`decoder_gemms`, same shapes and order, outputs preallocated) run bare three times back
+    to back. Per batch, "after": the first bare run over the decoder's time (the products
+    in the machine state the search leaves: caches and clocks as the decoder's own products
+    meet them); "warm": the fastest of the three (the limit as a tight loop measures it).
+    Each batch is its own pair, so the fractions do not follow this VM's drift, where a limit
+    measured after a whole pass (`split_search`) pairs a best case with the pass's average.
+    -> medians and quartiles of both over rounds x batches."""
+    cfg = index.decoder.config
+    mats = [(torch.randn(m, kk), torch.randn(kk, n), torch.empty(m, n))
+            for m, kk, n in decoder_gemms(cfg, beam, batch)]
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        for a, b, out in mats:
+            torch.mm(a, b, out=out)
+        return time.perf_counter() - t0
+
+    clock = {"model": 0.0}
+    decoder = index.decoder
+    real_session = type(decoder).session
+
+    def session(self, query):
+        t0 = time.perf_counter()
+        s = real_session(self, query)
+        clock["model"] += time.perf_counter() - t0
+        return TimedSession(s, clock)
+
+    after, warm = [], []
+    type(decoder).session = session            # type: ignore[method-assign]
+    try:
+        index.search(queries[:batch], k, beam_size=beam, rerank=False)    # warm-up
+        bare()
+        for _ in range(rounds):
+            for start in range(0, len(queries) - batch + 1, batch):
+                clock["model"] = 0.0
+                index.search(queries[start:start + batch], k, beam_size=beam, rerank=False)
+                times = [bare() for _ in range(3)]
+                after.append(times[0] / clock["model"])
+                warm.append(min(times) / clock["model"])
+    finally:
+        type(decoder).session = real_session   # type: ignore[method-assign]
+    return {name: {"median": float(np.median(v)), "q25": float(np.percentile(v, 25)),
+                   "q75": float(np.percentile(v, 75))}
+            for name, v in (("after", after), ("warm", warm))} | {"pairs": len(after)}
+
+
 def _split_once(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: int, batch: int,
                 rerank: bool) -> dict[str, float]:
     clock = {"memory": 0.0, "model": 0.0, "beam": 0.0}
@@ -170,6 +220,20 @@ def main() -> None:
                           f"{100 * r['fraction_of_matmul_peak']:5.1f}% "
                           f"{100 * r['fraction_of_own_gemm']:5.1f}% "
                           f"{100 * r['decoder_fraction_of_own_gemm']:5.1f}%")
+    batch = args.batches[-1]
+    print(f"\ndecoder time against its own matrix products, batch {batch}, each batch's decoder "
+          f"time then its products run bare 3x, {args.rounds} rounds (median, quartiles):")
+    fractions = []
+    for n, index in indexes.items():
+        for beam in args.beams:
+            f = paired_decoder_fraction(index, queries, k=args.k, beam=beam, batch=batch,
+                                        rounds=args.rounds)
+            fractions.append({"N": n, "beam": beam, "batch": batch, **f})
+            a, w = f["after"], f["warm"]
+            print(f"  N={n:>9,} beam {beam:>2}: first bare run {100 * a['median']:.1f}% "
+                  f"({100 * a['q25']:.1f}-{100 * a['q75']:.1f}), fastest of 3 "
+                  f"{100 * w['median']:.1f}% ({100 * w['q25']:.1f}-{100 * w['q75']:.1f}), "
+                  f"{f['pairs']} batches")
     # qps(largest N) / qps(smallest N): both indexes search the same batch one right after
     # the other, so both sides of every pair see the same machine state
     ratios = []
@@ -202,7 +266,8 @@ def main() -> None:
                 for title, other in others]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                    "matmul_gflops": gflops, "rows": rows, "ratios": ratios,
+                                    "matmul_gflops": gflops, "rows": rows,
+                                    "decoder_fractions": fractions, "ratios": ratios,
                                     "decoder_ratios": decoders},
                                    indent=1))
     print(f"wrote {args.out}")

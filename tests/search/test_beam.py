@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -183,24 +184,31 @@ def test_cached_decoding_weights_follow_in_place_updates():
     {"d_model": 32, "num_heads": 1, "num_layers": 3, "mlp_ratio": 2},
     {"query_tokens": 3},                                  # masked memory, padded tokens
 ])
-@pytest.mark.parametrize("parallel,one_call", [(True, True), (False, True), (True, False),
-                                               (False, False)])
-def test_fused_session_equals_torch_session(cfg, parallel, one_call):
+@pytest.mark.parametrize("parallel,one_call,pack", [
+    (True, True, True), (False, True, True), (True, True, False), (False, True, False),
+    (True, False, True), (False, False, True)])
+def test_fused_session_equals_torch_session(cfg, parallel, one_call, pack):
     """Both sessions fed the same codes and random parents, with the beam count growing
     (1 -> 3 -> 7 -> 7 rows a query, so the fused caches grow) and a parent chosen by several
     beams: log-probabilities agree at every level, fused kernels on threads or not, a level
-    in one call or torch's products between the kernels."""
+    in one call (its products from weights packed by MKL or not) or torch's products
+    between the kernels."""
     torch.manual_seed(sum(map(ord, str(cfg))))
     config = DecoderConfig(**{"query_dim": 6, "codebook_sizes": (4, 3, 5, 2), "d_model": 16,
                               "num_layers": 2, "num_heads": 2, "num_prefix": 3, "dropout": 0.0,
                               **cfg})
-    model = CodeDecoder(config).eval().fuse_decoding(parallel=parallel, one_call=one_call)
+    model = CodeDecoder(config).eval().fuse_decoding(parallel=parallel, one_call=one_call,
+                                                     pack=pack)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))   # LN gains, biases and positions off their init
     weights = model.fused_weights()
     assert (weights.level is not None) == fused.MKL
     assert (weights.memory is not None) == (fused.MKL and not config.query_tokens)
+    if weights.level is not None:   # the packed buffers: there, or not asked for
+        packed = [*weights.level[15:], [h[2] for h in weights.level_heads]]
+        assert all(bool(b.size) == (pack and fused._PACK is not None)
+                   for group in packed for b in group)
     queries = token_queries(5, 3) if config.query_tokens else torch.randn(5, 6)
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
@@ -266,17 +274,23 @@ needs_mkl = pytest.mark.skipif(not fused.MKL, reason="torch here has no MKL sgem
 
 @needs_mkl
 def test_gemm_rows_equals_numpy():
-    """MKL's sgemm as `_level` calls it: out[lo:hi] = x[lo:hi] @ w.T, other rows untouched,
-    an empty range a no-op."""
+    """MKL's sgemm as `_level` calls it, from the weight or from the weight packed once by
+    MKL (`fused.pack`, used for any number of rows): out[lo:hi] = x[lo:hi] @ w.T, other
+    rows untouched, an empty range a no-op."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(9, 5)).astype(np.float32)
-    w = rng.normal(size=(4, 5)).astype(np.float32)
     ints, flts = np.zeros(6, np.int32), np.zeros(2, np.float32)
-    for lo, hi in ((0, 9), (2, 7), (8, 9), (3, 3)):
-        out = np.full((9, 4), 7.0, np.float32)
-        fused._gemm_rows(x, w, out, lo, hi, ints, flts)
-        np.testing.assert_allclose(out[lo:hi], x[lo:hi] @ w.T, rtol=1e-5, atol=1e-5)
-        assert (np.delete(out, np.s_[lo:hi], axis=0) == 7.0).all()
+    for rows, k, n in ((9, 5, 4), (180, 128, 384), (40, 512, 128)):
+        x = rng.normal(size=(rows, k)).astype(np.float32)
+        w = rng.normal(size=(n, k)).astype(np.float32)
+        packed = fused.pack(w)
+        assert packed.size or fused._PACK is None
+        for buffer in (fused.NOT_PACKED, packed):
+            for lo, hi in ((0, rows), (2, 7), (rows - 1, rows), (3, 3), (1, 17), (5, 165)):
+                hi = min(hi, rows)
+                out = np.full((rows, n), 7.0, np.float32)
+                fused._gemm_rows(x, w, buffer, out, lo, hi, ints, flts)
+                np.testing.assert_allclose(out[lo:hi], x[lo:hi] @ w.T, rtol=1e-4, atol=1e-4)
+                assert (np.delete(out, np.s_[lo:hi], axis=0) == 7.0).all()
 
 
 def test_exp_and_log_softmax_rows():
@@ -470,15 +484,44 @@ def test_searches_from_several_threads_at_once():
 
 def test_fuse_decoding_keeps_parallel_unless_asked():
     model = tiny_decoder()
-    assert model.fused_parallel and model.fused_one_call
-    model.fuse_decoding(parallel=False, one_call=False)
+    assert model.fused_parallel and model.fused_one_call and model.fused_pack
+    model.fuse_decoding(parallel=False, one_call=False, pack=False)
     model.fuse_decoding(False)
     model.fuse_decoding()
     assert model.fused_decoding and not model.fused_parallel and not model.fused_one_call
+    assert not model.fused_pack
     model.fuse_decoding(parallel=True)
     assert model.fused_parallel and not model.fused_one_call
-    model.fuse_decoding(one_call=True)
-    assert model.fused_parallel and model.fused_one_call
+    model.fuse_decoding(one_call=True, pack=True)
+    assert model.fused_parallel and model.fused_one_call and model.fused_pack
+
+
+@needs_mkl
+def test_packed_weights_follow_the_setting_and_copies():
+    """`fuse_decoding(pack=...)` makes new fused weights (packed or not); a deep copy of a
+    model whose weights were packed searches with its own packed buffers (MKL's packed
+    matrices must not move), with the original's log-probabilities."""
+    torch.manual_seed(0)
+    model = CodeDecoder(DecoderConfig(query_dim=6, codebook_sizes=(4, 3, 5), d_model=16,
+                                      num_heads=2, num_prefix=3)).eval()
+    packed = model.fused_weights()
+    assert model.fused_weights() is packed
+    plain = model.fuse_decoding(pack=False).fused_weights()
+    assert plain is not packed and not plain.level[15][0].size
+    assert model.fuse_decoding(pack=True).fused_weights() is not plain
+    twin = copy.deepcopy(model)
+    queries = torch.randn(40, 6)     # 40 rows: the parallel variants, where threads allow
+    with torch.inference_mode():
+        mine, theirs = model.session(queries), twin.session(queries)
+        assert isinstance(theirs, FusedSession)
+        assert theirs.weights_fused is not model.fused_weights()
+        assert (theirs.weights_fused.level[15][0].ctypes.data
+                != model.fused_weights().level[15][0].ctypes.data)
+        torch.testing.assert_close(theirs.log_probs(0), mine.log_probs(0), atol=0, rtol=0)
+        codes, parent = torch.randint(4, (40, 2)), torch.zeros(40, 2, dtype=torch.long)
+        mine.advance(0, codes, parent)
+        theirs.advance(0, codes, parent)
+        torch.testing.assert_close(theirs.log_probs(1), mine.log_probs(1), atol=0, rtol=0)
 
 
 def test_session_kind_follows_how_it_is_asked_for():

@@ -103,7 +103,7 @@ def _exp(x):  # type: ignore[no-untyped-def]
     return e if x == x else x
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
 def _ln_row(x, o, bias, add, gamma, beta, eps, out, r):  # type: ignore[no-untyped-def]
     """out[r] = LayerNorm(x[r]); with `add`, first x[r] += o[r] + bias (in place)."""
     d = x.shape[1]
@@ -334,36 +334,89 @@ def _find_mkl() -> bool:
             continue
         ll.add_symbol("genir_sgemm", ctypes.cast(sgemm, ctypes.c_void_p).value)
         ll.add_symbol("genir_mkl_threads_local", ctypes.cast(local, ctypes.c_void_p).value)
+        global _PACK
+        try:
+            compute = lib.sgemm_compute
+            _PACK = (lib.sgemm_pack_get_size, lib.sgemm_pack, local)
+        except AttributeError:   # an MKL without packed products: `pack` gives NOT_PACKED,
+            compute = sgemm      # and _gemm_rows never calls this name (linked all the same)
+        ll.add_symbol("genir_sgemm_compute", ctypes.cast(compute, ctypes.c_void_p).value)
         return True
     return False
 
 
+# MKL's Fortran sgemm_pack_get_size, sgemm_pack and MKL_Set_Num_Threads_Local, when it has them
+_PACK: tuple | None = None
 MKL = _find_mkl()
 # Fortran sgemm: every argument by address (pointers passed as integers: same registers)
 _sgemm: Any = numba.types.ExternalFunction("genir_sgemm",
                                            numba.types.void(*[numba.types.intp] * 13))
 _mkl_threads_local: Any = numba.types.ExternalFunction("genir_mkl_threads_local",
                                                   numba.types.int32(numba.types.int32))
+# Fortran sgemm_compute: sgemm with A packed by sgemm_pack (no alpha: applied when packing)
+_sgemm_compute: Any = numba.types.ExternalFunction("genir_sgemm_compute",
+                                                   numba.types.void(*[numba.types.intp] * 12))
+NOT_PACKED = np.zeros(0, np.float32)
+
+
+def pack(w: np.ndarray) -> np.ndarray:
+    """w (n, k) float32 C-contiguous, as torch stores a Linear's weight, packed by MKL as
+    `_gemm_rows` multiplies it (the A of a column-major product, transposed): the buffer
+    for `_gemm_rows`' `packed`; NOT_PACKED where MKL has no packed products. Packed on the
+    calling thread only, as `_level`'s chunks use it. MKL asks for a fixed-size buffer
+    (7.6 MB for every weight of the default decoder here); np.zeros takes it from calloc,
+    so only the pages MKL writes become resident. The buffer must not move (MKL: do not
+    copy a packed matrix): `FusedWeights` keeps it, and a copied model makes its own."""
+    if _PACK is None:
+        return NOT_PACKED
+    import ctypes
+
+    get_size, pack_a, local = _PACK
+    get_size.restype = ctypes.c_size_t
+    n, k = w.shape
+    ints = np.array([n, 1, k], dtype=np.int32)
+    ident, trans = ctypes.c_char(b"A"), ctypes.c_char(b"T")
+    p = ints.ctypes.data
+    size = get_size(ctypes.byref(ident), ctypes.c_void_p(p), ctypes.c_void_p(p + 4),
+                    ctypes.c_void_p(p + 8))
+    out = np.zeros(-(-size // 4), dtype=np.float32)
+    alpha = np.ones(1, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    local.restype, local.argtypes = ctypes.c_int, [ctypes.c_int]
+    previous = local(1)
+    try:
+        pack_a(ctypes.byref(ident), ctypes.byref(trans), ctypes.c_void_p(p),
+               ctypes.c_void_p(p + 4), ctypes.c_void_p(p + 8),
+               ctypes.c_void_p(alpha.ctypes.data), ctypes.c_void_p(w.ctypes.data),
+               ctypes.c_void_p(p + 8), ctypes.c_void_p(out.ctypes.data))
+    finally:
+        local(previous)
+    return out
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _gemm_rows(x, w, out, lo, hi, ints, flts):  # type: ignore[no-untyped-def]
+def _gemm_rows(x, w, packed, out, lo, hi, ints, flts):  # type: ignore[no-untyped-def]
     """out[lo:hi] = x[lo:hi] @ w.T by MKL's sgemm, w (n, k) as torch stores a Linear's
-    weight; all C-contiguous float32 (strides are not read), x.shape[1] == k and
-    out.shape[1] == n: the callers' arrays, not checked here. ints (6) int32 and flts (2)
-    float32 are scratch."""
+    weight, or from `packed` (w packed by `pack`; NOT_PACKED: sgemm); all C-contiguous
+    float32 (strides are not read), x.shape[1] == k and out.shape[1] == n: the callers'
+    arrays, not checked here. ints (6) int32 and flts (2) float32 are scratch."""
     if hi <= lo:
         return
     n, k = w.shape
     # column-major: out^T (n, rows) = w (n, k) @ x^T, w read as the transpose of (k, n)
     ints[0], ints[1], ints[2] = n, hi - lo, k
     ints[3], ints[4] = x.shape[1], out.shape[1]     # leading dimensions of x and out
-    ints[5] = 0x4E54                                # b"TN": transa, transb
     flts[0], flts[1] = 1.0, 0.0
     p, f = ints.ctypes.data, flts.ctypes.data
-    _sgemm(p + 20, p + 21, p, p + 4, p + 8, f, w.ctypes.data, p + 8,
-           x.ctypes.data + 4 * lo * x.shape[1], p + 12, f + 4,
-           out.ctypes.data + 4 * lo * out.shape[1], p + 16)
+    xp, op = x.ctypes.data + 4 * lo * x.shape[1], out.ctypes.data + 4 * lo * out.shape[1]
+    if packed.size:
+        ints[5] = 0x4E50                            # b"PN": transa (packed), transb
+        _sgemm_compute(p + 20, p + 21, p, p + 4, p + 8, packed.ctypes.data, p + 8, xp, p + 12,
+                       f + 4, op, p + 16)
+    else:
+        ints[5] = 0x4E54                            # b"TN": transa, transb
+        _sgemm(p + 20, p + 21, p, p + 4, p + 8, f, w.ctypes.data, p + 8, xp, p + 12, f + 4, op,
+               p + 16)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
@@ -410,8 +463,8 @@ def _level_rows(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type
     would use."""
     mem_k, mem_v = memory
     (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross, b_fc1, b_fc2,
-     ln_g, ln_b, ln_eps) = weights
-    head_w, head_b = head
+     ln_g, ln_b, ln_eps, p_qkv, p_self, p_cq, p_cross, p_fc1, p_fc2) = weights
+    head_w, head_b, head_p = head
     h, y, o, qkv, f = scratch
     previous = _mkl_threads_local(1) if own_thread else 0
     ints = np.empty(6, np.int32)
@@ -422,22 +475,22 @@ def _level_rows(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type
     for r in range(lo, hi):
         _ln_row(x, x, x[0], False, ln_g[0, 0], ln_b[0, 0], ln_eps[0, 0], h, r)
     for i in range(len(w_qkv)):
-        _gemm_rows(h, w_qkv[i], qkv, lo, hi, ints, flts)
+        _gemm_rows(h, w_qkv[i], p_qkv[i], qkv, lo, hi, ints, flts)
         _self_attn_rows(qkv, b_qkv[i], kv[i], anc, t, y, lo, hi, s_self, qv)
-        _gemm_rows(y, w_self[i], o, lo, hi, ints, flts)
+        _gemm_rows(y, w_self[i], p_self[i], o, lo, hi, ints, flts)
         for r in range(lo, hi):
             _ln_row(x, o, b_self[i], True, ln_g[i, 1], ln_b[i, 1], ln_eps[i, 1], h, r)
-        _gemm_rows(h, w_cq[i], o, lo, hi, ints, flts)
+        _gemm_rows(h, w_cq[i], p_cq[i], o, lo, hi, ints, flts)
         _cross_attn_rows(o, b_cq[i], mem_k[i], mem_v[i], mask, beams, y, lo, hi, s_cross, qv)
-        _gemm_rows(y, w_cross[i], o, lo, hi, ints, flts)
+        _gemm_rows(y, w_cross[i], p_cross[i], o, lo, hi, ints, flts)
         for r in range(lo, hi):
             _ln_row(x, o, b_cross[i], True, ln_g[i, 2], ln_b[i, 2], ln_eps[i, 2], h, r)
-        _gemm_rows(h, w_fc1[i], f, lo, hi, ints, flts)
+        _gemm_rows(h, w_fc1[i], p_fc1[i], f, lo, hi, ints, flts)
         _bias_gelu_rows(f, b_fc1[i], lo, hi)
-        _gemm_rows(f, w_fc2[i], o, lo, hi, ints, flts)
+        _gemm_rows(f, w_fc2[i], p_fc2[i], o, lo, hi, ints, flts)
         for r in range(lo, hi):
             _ln_row(x, o, b_fc2[i], True, ln_g[i, 3], ln_b[i, 3], ln_eps[i, 3], h, r)
-    _gemm_rows(h, head_w, logp, lo, hi, ints, flts)
+    _gemm_rows(h, head_w, head_p, logp, lo, hi, ints, flts)
     _bias_log_softmax_rows(logp, head_b, lo, hi, np.empty(8, np.float32))
     if own_thread:
         _mkl_threads_local(previous)
@@ -457,8 +510,8 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
     rows, d = x.shape
     mem_k, mem_v = memory       # (a parallel loop takes tuples of arrays, not nested ones)
     (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross, b_fc1, b_fc2,
-     ln_g, ln_b, ln_eps) = weights
-    head_w, head_b = head
+     ln_g, ln_b, ln_eps, p_qkv, p_self, p_cq, p_cross, p_fc1, p_fc2) = weights
+    head_w, head_b, head_p = head
     h = np.empty((rows, d), np.float32)
     y = np.empty((rows, d), np.float32)
     o = np.empty((rows, d), np.float32)
@@ -467,7 +520,8 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
     for c in prange(chunks):
         _level_rows(x, t, beams, anc, mask, kv, (mem_k, mem_v),
                     (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross,
-                     b_fc1, b_fc2, ln_g, ln_b, ln_eps), (head_w, head_b), logp,
+                     b_fc1, b_fc2, ln_g, ln_b, ln_eps, p_qkv, p_self, p_cq, p_cross, p_fc1,
+                     p_fc2), (head_w, head_b, head_p), logp,
                     (h, y, o, qkv, f), c * rows // chunks, (c + 1) * rows // chunks, chunks > 1)
 
 
@@ -475,7 +529,7 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
 def _memory_rows(query, weights, mem_k, mem_v, scratch, lo, hi,  # type: ignore[no-untyped-def]
                  own_thread):
     """`_memory` for queries lo..hi - 1 (scratch: hidden, prefix, mem, kv rows)."""
-    w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b = weights
+    w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b, p1, p2, kv_p = weights
     hidden, prefix, mem, kv = scratch
     previous = _mkl_threads_local(1) if own_thread else 0
     d = w1.shape[0]
@@ -484,9 +538,9 @@ def _memory_rows(query, weights, mem_k, mem_v, scratch, lo, hi,  # type: ignore[
     rows = prefix.reshape(prefix.shape[0] * n_mem, d)
     ints = np.empty(6, np.int32)
     flts = np.empty(2, np.float32)
-    _gemm_rows(query, w1, hidden, lo, hi, ints, flts)
+    _gemm_rows(query, w1, p1, hidden, lo, hi, ints, flts)
     _bias_gelu_rows(hidden, b1, lo, hi)
-    _gemm_rows(hidden, w2, prefix, lo, hi, ints, flts)
+    _gemm_rows(hidden, w2, p2, prefix, lo, hi, ints, flts)
     for r in range(lo * n_mem, hi * n_mem):
         p = r % n_mem
         row = rows[r]
@@ -494,7 +548,7 @@ def _memory_rows(query, weights, mem_k, mem_v, scratch, lo, hi,  # type: ignore[
             row[j] += b2[p * d + j] + pos[p, j]
         _ln_row(rows, rows, b2, False, ln_g, ln_b, eps, mem, r)
     for i in range(len(kv_w)):
-        _gemm_rows(mem, kv_w[i], kv, lo * n_mem, hi * n_mem, ints, flts)
+        _gemm_rows(mem, kv_w[i], kv_p[i], kv, lo * n_mem, hi * n_mem, ints, flts)
         bias = kv_b[i]
         for r in range(lo * n_mem, hi * n_mem):
             qi, n = r // n_mem, r % n_mem
@@ -514,16 +568,17 @@ def _memory(query, weights, mem_k, mem_v, chunks):  # type: ignore[no-untyped-de
     positions, layer norm, then per block kv_w (2d, d) + kv_b written as mem_k, mem_v
     (Q, H, P, hd); weights: `FusedWeights.memory`. Queries split into `chunks`, each on its
     own thread as in `_level`."""
-    w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b = weights   # (not nested in the loop)
+    w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b, p1, p2, kv_p = weights  # (not nested
+    #                                                                         in the loop)
     nq, d, n_mem = query.shape[0], w1.shape[0], pos.shape[0]
     hidden = np.empty((nq, d), np.float32)
     prefix = np.empty((nq, n_mem * d), np.float32)
     mem = np.empty((nq * n_mem, d), np.float32)
     kv = np.empty((nq * n_mem, 2 * d), np.float32)
     for c in prange(chunks):
-        _memory_rows(query, (w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b), mem_k, mem_v,
-                     (hidden, prefix, mem, kv), c * nq // chunks, (c + 1) * nq // chunks,
-                     chunks > 1)
+        _memory_rows(query, (w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b, p1, p2, kv_p),
+                     mem_k, mem_v, (hidden, prefix, mem, kv), c * nq // chunks,
+                     (c + 1) * nq // chunks, chunks > 1)
 
 
 class RowKernels(NamedTuple):
@@ -668,18 +723,21 @@ class FusedWeights:
             heads = [cast(nn.Linear, h) for h in model.heads]
             self.heads = [(h.weight.detach().t(), h.bias.detach()) for h in heads]
             # `_level`'s: None where MKL is missing or the GELU is tanh-approximate
-            self.level = _level_arrays(self.blocks) if MKL else None
-            self.level_heads = [(_c(h.weight), _c(h.bias)) for h in heads]
-            self.memory = _memory_arrays(model) if self.level is not None else None
+            packs = getattr(model, "fused_pack", True)
+            self.level = _level_arrays(self.blocks, packs) if MKL else None
+            self.level_heads = [(w, _c(h.bias), _packed(w, packs and self.level is not None))
+                                for h in heads for w in [_c(h.weight)]]
+            self.memory = _memory_arrays(model, packs) if self.level is not None else None
             # per level t >= 1: the table of level t - 1's codes and position t
             self.tokens = [(cast(nn.Embedding, e).weight.detach().numpy(),
                             model.pos.detach()[t + 1].numpy())
                            for t, e in enumerate(model.code_emb)]
 
 
-def _level_arrays(blocks: list[dict]) -> tuple | None:
-    """`_level`'s weight arguments (w_qkv .. ln_eps) from `FusedWeights.blocks`; None if a
-    block's GELU is the tanh approximation (`_level` has the exact one only)."""
+def _level_arrays(blocks: list[dict], packs: bool) -> tuple | None:
+    """`_level`'s weight arguments (w_qkv .. ln_eps, then the weights packed by MKL if
+    `packs`, else NOT_PACKED) from `FusedWeights.blocks`; None if a block's GELU is the tanh
+    approximation (`_level` has the exact one only)."""
     if any(b["gelu"] != "none" for b in blocks):
         return None
     weights = tuple(tuple(np.ascontiguousarray(b[name].t().numpy()) for b in blocks)
@@ -691,12 +749,14 @@ def _level_arrays(blocks: list[dict]) -> tuple | None:
     ln_g = np.array([[g for g, _, _ in ln] for ln in lns], dtype=F32)
     ln_b = np.array([[b for _, b, _ in ln] for ln in lns], dtype=F32)
     ln_eps = np.array([[e for _, _, e in ln] for ln in lns], dtype=F32)
-    return (*weights, *biases, ln_g, ln_b, ln_eps)
+    return (*weights, *biases, ln_g, ln_b, ln_eps,
+            *(tuple(_packed(w, packs) for w in ws) for ws in weights))
 
 
-def _memory_arrays(model: CodeDecoder) -> tuple | None:
-    """`_memory`'s weight arguments (w1 .. kv_b); None unless the memory is the prefix MLP
-    of a pooled query with the exact GELU."""
+def _memory_arrays(model: CodeDecoder, packs: bool) -> tuple | None:
+    """`_memory`'s weight arguments (w1 .. kv_b, then w1, w2 and kv_w packed by MKL if
+    `packs`, else NOT_PACKED); None unless the memory is the prefix MLP of a pooled query
+    with the exact GELU."""
     prefix = model.prefix
     if model.config.query_tokens or not isinstance(prefix, nn.Sequential) or len(prefix) != 3:
         return None
@@ -707,8 +767,14 @@ def _memory_arrays(model: CodeDecoder) -> tuple | None:
     blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
     kvs = [cast(nn.Linear, b.cross_attn.kv) for b in blocks]
     g, b, eps = _ln(model.prefix_ln)
-    return (_c(fc1.weight), _c(fc1.bias), _c(fc2.weight), _c(fc2.bias), _c(model.prefix_pos),
-            g, b, eps, tuple(_c(kv.weight) for kv in kvs), tuple(_c(kv.bias) for kv in kvs))
+    w1, w2, kv_w = _c(fc1.weight), _c(fc2.weight), tuple(_c(kv.weight) for kv in kvs)
+    return (w1, _c(fc1.bias), w2, _c(fc2.bias), _c(model.prefix_pos), g, b, eps, kv_w,
+            tuple(_c(kv.bias) for kv in kvs), *(_packed(w, packs) for w in (w1, w2)),
+            tuple(_packed(w, packs) for w in kv_w))
+
+
+def _packed(w: np.ndarray, packs: bool) -> np.ndarray:
+    return pack(w) if packs else NOT_PACKED
 
 
 def _c(p: torch.Tensor) -> np.ndarray:
@@ -741,11 +807,11 @@ def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndar
     rows, d = x.shape
     k, chunks = split(k, rows, rows)
     if one_call and w.level is not None:
-        weight, bias = w.level_heads[t]
+        weight = w.level_heads[t][0]
         logp = np.empty((rows, weight.shape[0]), dtype=F32)
         k.level(x.numpy(), t, beams, anc, mask, tuple(kv),
                 (tuple(m for m, _ in memory), tuple(v for _, v in memory)), w.level,
-                (weight, bias), logp, chunks)
+                w.level_heads[t], logp, chunks)
         return torch.from_numpy(logp)
     xn = x.numpy()
     h = torch.empty(rows, d)

@@ -155,6 +155,7 @@ class CodeDecoder(nn.Module):
         self.fused_decoding = True      # see fuse_decoding
         self.fused_parallel = True      # see fuse_decoding
         self.fused_one_call = True      # see fuse_decoding
+        self.fused_pack = True          # see fuse_decoding
 
     def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
@@ -209,7 +210,7 @@ class CodeDecoder(nn.Module):
         return FusedSession(self, query, weights)
 
     def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None,
-                      one_call: bool | None = None) -> CodeDecoder:
+                      one_call: bool | None = None, pack: bool | None = None) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
         on by default): with the default decoder 1.76-1.92x the queries/s of the torch
         session at batch 32 (timed in pairs, docs/benchmarks.md). Off: always the torch
@@ -218,20 +219,26 @@ class CodeDecoder(nn.Module):
         thread, for a server that already runs one search per core. `one_call`: a level
         in one compiled call with MKL's products inside, where torch ships MKL (the default;
         1.06-1.37x the queries/s of torch's products with the row kernels between them, which
-        False asks for). None leaves a setting as it is. None of these is saved with the
-        model. Returns the model."""
+        False asks for). `pack`: that level's products read weights packed once by MKL
+        (`genir.decoder.fused.pack`; the default): with the default decoder 1.05x the
+        decoder's speed at beam 10, 1.01x at beam 30 (batch 32, in pairs), for ~40 MB more
+        resident memory (MKL places each packed matrix 1-2 MB into a buffer of ~8 MB);
+        T5-small-sized 1.01x for ~100 MB more than its weights. None leaves a setting as it
+        is. None of these is saved with the model. Returns the model."""
         self.fused_decoding = bool(enabled)
         if parallel is not None:
             self.fused_parallel = bool(parallel)
         if one_call is not None:
             self.fused_one_call = bool(one_call)
+        if pack is not None:
+            self.fused_pack = bool(pack)
         return self
 
     def fused_weights(self) -> FusedWeights | None:
         """The arrays `FusedSession` reads, made once and kept until a parameter changes (in
         place, as training and load_state_dict do, new data, as `.to` does, or a new
         parameter or module assigned); None when a parameter is not float32 on CPU."""
-        key = tuple(_parameter_state(self, []))
+        key = (getattr(self, "fused_pack", True), *_parameter_state(self, []))
         if self._fused is None or self._fused[0] != key:
             ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
                      for p in self.parameters())
