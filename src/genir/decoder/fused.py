@@ -728,7 +728,9 @@ class FusedWeights:
             self.level_heads = [(w, _c(h.bias), _packed(w, packs and self.level is not None))
                                 for h in heads for w in [_c(h.weight)]]
             self.memory = _memory_arrays(model, packs) if self.level is not None else None
-            # per level t >= 1: the table of level t - 1's codes and position t
+            # level 0's token (BOS + position 0), then per level t >= 1: the table of level
+            # t - 1's codes and position t
+            self.start = (model.bos.detach() + model.pos.detach()[0]).numpy()
             self.tokens = [(cast(nn.Embedding, e).weight.detach().numpy(),
                             model.pos.detach()[t + 1].numpy())
                            for t, e in enumerate(model.code_emb)]

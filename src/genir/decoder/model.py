@@ -405,9 +405,9 @@ class FusedSession(DecoderSession):
                    for _ in model.blocks]
         self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
         self.anc[0] = np.arange(q)
-        x = (model.bos.expand(q, -1) + model.pos[0]).contiguous()
-        self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
-                              self.mask, x, 0, 1, self.one_call)
+        x = torch.from_numpy(np.repeat(w.start[None], q, 0))   # (torch's expand + add: 3 ops)
+        self.logp = run_level(self.kernels, w, self.kv, self.anc, self.memory, self.mask, x, 0,
+                              1, self.one_call)
 
     def _step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
         with torch.inference_mode():
