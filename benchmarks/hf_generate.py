@@ -64,7 +64,8 @@ def genir_qps(codes: np.ndarray, emb: np.ndarray, cfg: DecoderConfig, *, batch: 
     index = GenerativeIndex(tokenizer=tok, decoder=CodeDecoder(cfg), item_emb=emb, codes=codes,
                             item_ids=[str(i) for i in range(len(codes))], config=IndexConfig())
     q = emb[:num_queries]
-    index.search(q[:batch], k, beam_size=beam)
+    for _ in range(2):   # warm-up (the second search packs the decoder's weights)
+        index.search(q[:batch], k, beam_size=beam)
     t0 = time.perf_counter()
     for start in range(0, num_queries, batch):
         index.search(q[start:start + batch], k, beam_size=beam)

@@ -15,11 +15,14 @@ targets: loop + expand <= 10% of the query time; the decoder's FLOPs per query (
 beam and ID length) at the measured rate >= 70% of the 1024^3 matmul peak measured right
 after each pass ("peak" column; "gemm": against the decoder's own matrix products run
 bare, the limit for matrices this small; "dec": the same over the decoder's own time, the
-model share; medians over the passes); queries/s at the largest N >= 0.9x the smallest,
-timed in pairs: each batch searched at both N one right after the other (`paired_ratio`).
-The decoder decodes with the fused CPU session (the default; --session torch: the torch
-session, fused-serial: the fused one with its kernels on one thread); at the smallest N the
-fused / torch and fused / fused-serial queries/s ratios are timed the same way. With
+model share; medians over the passes); the same batch by batch
+(`paired_decoder_fraction`: each batch's decoder time against its own products run bare
+right after it, so that both sides see the same machine state); queries/s at the largest
+N >= 0.9x the smallest, timed in pairs: each batch searched at both N one right after the
+other (`paired_ratio`). The decoder decodes with the fused CPU session (the default;
+--session torch: the torch session, fused-serial: the fused one with its kernels on one
+thread); at the smallest N the fused / torch, fused / fused-kernels, fused / fused-unpacked
+and fused / fused-serial queries/s ratios are timed the same way. With
 --compile the decoder runs through torch.compile (the warm-up search of each setting
 compiles) and the ratio timed is compiled / fused.
 Prints a table and writes JSON.
@@ -126,7 +129,8 @@ def paired_decoder_fraction(index: GenerativeIndex, queries: np.ndarray, *, k: i
     after, warm = [], []
     type(decoder).session = session            # type: ignore[method-assign]
     try:
-        index.search(queries[:batch], k, beam_size=beam, rerank=False)    # warm-up
+        for _ in range(2):   # warm-up (the second search packs the decoder's weights)
+            index.search(queries[:batch], k, beam_size=beam, rerank=False)
         bare()
         for _ in range(rounds):
             for start in range(0, len(queries) - batch + 1, batch):
@@ -166,7 +170,8 @@ def _split_once(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: in
     type(decoder).session = session            # type: ignore[method-assign]
     index_mod.constrained_beam_search = timed_search
     try:
-        index.search(queries[:batch], k, beam_size=beam, rerank=rerank)   # warm-up
+        for _ in range(2):   # warm-up (the second search packs the decoder's weights)
+            index.search(queries[:batch], k, beam_size=beam, rerank=rerank)
         clock.update(memory=0.0, model=0.0, beam=0.0)
         t0 = time.perf_counter()
         n = 0
@@ -258,6 +263,9 @@ def main() -> None:
                        "between them)",
                        _variant(indexes[small], compile_decoding=False,
                                 fuse_decoding={"one_call": False})))
+        others.append(("fused / fused-unpacked session (MKL reads the weights unpacked)",
+                       _variant(indexes[small], compile_decoding=False,
+                                fuse_decoding={"pack": False})))
         others.append(("fused / fused-serial session (kernels on one thread)",
                        _variant(indexes[small], compile_decoding=False,
                                 fuse_decoding={"parallel": False, "one_call": False})))
@@ -318,8 +326,8 @@ def paired_ratio(search_a, search_b, queries: np.ndarray, *, batch: int,
     the per-batch ratios, and "rounds": each round's pooled ratio."""
     if not 1 <= batch <= len(queries):
         raise ValueError(f"batch must be in 1..{len(queries)} (the queries), got {batch}")
-    for search in (search_a, search_b):
-        search(queries[:batch])                               # warm-up
+    for search in (search_a, search_b, search_a, search_b):  # warm-up (twice: the second
+        search(queries[:batch])                              # search packs the weights)
     pairs, per_round = [], []
     total = np.zeros(2)
     for _ in range(rounds):

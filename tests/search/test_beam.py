@@ -202,13 +202,19 @@ def test_fused_session_equals_torch_session(cfg, parallel, one_call, pack):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))   # LN gains, biases and positions off their init
-    weights = model.fused_weights()
+    first = model.fused_weights()
+    weights = model.fused_weights()   # asked for again: packed (if asked for, MKL has it)
     assert (weights.level is not None) == fused.MKL
     assert (weights.memory is not None) == (fused.MKL and not config.query_tokens)
+    assert not first.packed and weights.packed == pack and model.fused_weights() is weights
     if weights.level is not None:   # the packed buffers: there, or not asked for
-        packed = [*weights.level[15:], [h[2] for h in weights.level_heads]]
+        groups = [*weights.level[15:], [h[2] for h in weights.level_heads]]
+        if weights.memory is not None:
+            groups += [weights.memory[10:12], weights.memory[12]]
         assert all(bool(b.size) == (pack and fused._PACK is not None)
-                   for group in packed for b in group)
+                   for group in groups for b in group)
+        assert not any(b.size for group in [*first.level[15:], [h[2] for h in first.level_heads]]
+                       for b in group)
     queries = token_queries(5, 3) if config.query_tokens else torch.randn(5, 6)
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
@@ -498,22 +504,33 @@ def test_fuse_decoding_keeps_parallel_unless_asked():
 
 @needs_mkl
 def test_packed_weights_follow_the_setting_and_copies():
-    """`fuse_decoding(pack=...)` makes new fused weights (packed or not); a deep copy of a
-    model whose weights were packed searches with its own packed buffers (MKL's packed
-    matrices must not move), with the original's log-probabilities."""
+    """New weights come unpacked, packed when asked for again unchanged (a search each
+    training step would pay the packing each step), a parameter update starts over;
+    `fuse_decoding(pack=False)` keeps them unpacked; a deep copy of a model whose weights
+    were packed searches with its own packed buffers (MKL's packed matrices must not
+    move), with the original's log-probabilities."""
     torch.manual_seed(0)
     model = CodeDecoder(DecoderConfig(query_dim=6, codebook_sizes=(4, 3, 5), d_model=16,
                                       num_heads=2, num_prefix=3)).eval()
+    first = model.fused_weights()
     packed = model.fused_weights()
-    assert model.fused_weights() is packed
+    assert not first.packed and packed.packed and model.fused_weights() is packed
+    assert first.level[0] is packed.level[0] and packed.level[15][0].size
+    assert not first.level[15][0].size            # the copy did not touch the original
+    with torch.no_grad():
+        model.heads[0].bias.add_(1.0)
+    assert not model.fused_weights().packed and model.fused_weights().packed
     plain = model.fuse_decoding(pack=False).fused_weights()
-    assert plain is not packed and not plain.level[15][0].size
-    assert model.fuse_decoding(pack=True).fused_weights() is not plain
-    twin = copy.deepcopy(model)
+    assert not plain.packed and model.fused_weights() is plain
+    model.fuse_decoding(pack=True)
+    model.fused_weights()
+    assert model.fused_weights().packed
+    twin = copy.deepcopy(model)      # its copy of the packed weights is never used:
+    assert not twin.fused_weights().packed and twin.fused_weights().packed   # new params
     queries = torch.randn(40, 6)     # 40 rows: the parallel variants, where threads allow
     with torch.inference_mode():
         mine, theirs = model.session(queries), twin.session(queries)
-        assert isinstance(theirs, FusedSession)
+        assert isinstance(theirs, FusedSession) and theirs.weights_fused.packed
         assert theirs.weights_fused is not model.fused_weights()
         assert (theirs.weights_fused.level[15][0].ctypes.data
                 != model.fused_weights().level[15][0].ctypes.data)

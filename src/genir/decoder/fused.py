@@ -17,7 +17,8 @@ products in compiled loops over the rows:
 and, where torch ships MKL (its x86-64 builds: `MKL`), the products too: `_level` runs a
 whole level in one call, each thread taking a chunk of rows through every block and the
 output head (bias + log-softmax included) with MKL's sgemm on that thread, called from
-the compiled code (`_gemm_rows`); `_memory` does the same for the query memory and its
+the compiled code (`_gemm_rows`), from weights MKL packed once (`pack`: sgemm re-packs
+them on every call, as costly as a 16-row product); `_memory` does the same for the query memory and its
 cross-attention keys/values at the session's start. A level's rows are independent (a row
 reads earlier levels' keys/values and its own), so a level needs no synchronisation
 beyond its one parallel region, where the row kernels between torch's products took 12
@@ -38,18 +39,19 @@ thread or the model asks otherwise (`CodeDecoder.fuse_decoding(parallel=False)`)
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
-(docs/benchmarks.md): 1.76-1.92x the torch session's queries/s at batch 32, of which
+(docs/benchmarks.md): 1.66-1.92x the torch session's queries/s at batch 32, of which
 1.06-1.37x from a level in one call (over torch's products with the row kernels between
 them); the loops on two threads 1.32-1.55x the row kernels on one; 2.24-2.93x at batch 1 (where levels of
 fewer than 32 rows run serial). Used by `CodeDecoder.session` for inference on CPU in
 float32 (autograd off, eval mode, not compiled); everything else takes the torch session.
-The functions compile once per install into numba's cache (24 s for a first batch-32
+The functions compile once per install into numba's cache (34 s for a first batch-32
 search from an empty cache, most of it numba's parallel lowering of `_level` and
-`_memory`; 2.7 s more for a first batch-1 search), then load in ~0.5 s per process.
+`_memory`; 3.3 s more for a first batch-1 search), then load in ~0.5 s per process.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import types
 import warnings
@@ -598,10 +600,10 @@ def _compile(func: Callable[..., None], parallel: bool) -> Callable[..., None]:
     """`func` compiled by numba, `prange` over threads when `parallel`. A copy named apart
     per variant: numba's on-disk cache keys a function by name and bytecode, not by flags."""
     f = cast(types.FunctionType, func)
-    copy = types.FunctionType(f.__code__, f.__globals__, f.__name__)
-    copy.__qualname__ = f"{f.__qualname__}_{'parallel' if parallel else 'serial'}"
+    clone = types.FunctionType(f.__code__, f.__globals__, f.__name__)
+    clone.__qualname__ = f"{f.__qualname__}_{'parallel' if parallel else 'serial'}"
     return cast(Callable[..., None], numba.njit(cache=True, nogil=True, error_model="numpy",
-                                                fastmath=_FAST, parallel=parallel)(copy))
+                                                fastmath=_FAST, parallel=parallel)(clone))
 
 
 SERIAL, PARALLEL = (RowKernels(_compile(_add_ln, parallel), _compile(_self_attn, parallel),
@@ -694,7 +696,10 @@ class FusedWeights:
     views, no copies), numpy views of biases and layer-norm parameters for the kernels;
     for `_level` and `_memory` the weights as C-contiguous arrays (views unless a parameter
     is not contiguous) and the biases and layer-norm parameters stacked (copies). Made by
-    `CodeDecoder.fused_weights`, which keeps it until a parameter changes."""
+    `CodeDecoder.fused_weights`, which keeps it until a parameter changes, with `_level`'s
+    and `_memory`'s weights unpacked (NOT_PACKED: `packed` False) until `with_packs`."""
+
+    packed = False
 
     def __init__(self, model: CodeDecoder) -> None:
         fused = model.decoding_weights()
@@ -723,11 +728,9 @@ class FusedWeights:
             heads = [cast(nn.Linear, h) for h in model.heads]
             self.heads = [(h.weight.detach().t(), h.bias.detach()) for h in heads]
             # `_level`'s: None where MKL is missing or the GELU is tanh-approximate
-            packs = getattr(model, "fused_pack", True)
-            self.level = _level_arrays(self.blocks, packs) if MKL else None
-            self.level_heads = [(w, _c(h.bias), _packed(w, packs and self.level is not None))
-                                for h in heads for w in [_c(h.weight)]]
-            self.memory = _memory_arrays(model, packs) if self.level is not None else None
+            self.level = _level_arrays(self.blocks) if MKL else None
+            self.level_heads = [(_c(h.weight), _c(h.bias), NOT_PACKED) for h in heads]
+            self.memory = _memory_arrays(model) if self.level is not None else None
             # level 0's token (BOS + position 0), then per level t >= 1: the table of level
             # t - 1's codes and position t
             self.start = (model.bos.detach() + model.pos.detach()[0]).numpy()
@@ -736,14 +739,33 @@ class FusedWeights:
                            for t, e in enumerate(model.code_emb)]
 
 
-def _level_arrays(blocks: list[dict], packs: bool) -> tuple | None:
-    """`_level`'s weight arguments (w_qkv .. ln_eps, then the weights packed by MKL if
-    `packs`, else NOT_PACKED) from `FusedWeights.blocks`; None if a block's GELU is the tanh
-    approximation (`_level` has the exact one only)."""
+    def with_packs(self) -> FusedWeights:
+        """A copy (sharing every array) whose `_level` and `_memory` weights are also packed
+        by MKL (`pack`), as new buffers: sessions on this one keep what they started with."""
+        out = copy.copy(self)
+        out.packed = True
+        if self.level is not None:
+            n = len(_LEVEL_WEIGHTS)
+            out.level = (*self.level[:-n], *(tuple(pack(w) for w in ws)
+                                             for ws in self.level[:n]))
+            out.level_heads = [(w, b, pack(w)) for w, b, _ in self.level_heads]
+        if self.memory is not None:
+            w1, w2, kv_w = self.memory[0], self.memory[2], self.memory[8]
+            out.memory = (*self.memory[:-3], pack(w1), pack(w2), tuple(pack(w) for w in kv_w))
+        return out
+
+
+_LEVEL_WEIGHTS = ("qkv", "self_out", "cross_q", "cross_out", "fc1", "fc2")
+
+
+def _level_arrays(blocks: list[dict]) -> tuple | None:
+    """`_level`'s weight arguments (w_qkv .. ln_eps, then NOT_PACKED in place of each
+    weight: `FusedWeights.with_packs` fills them) from `FusedWeights.blocks`; None if a
+    block's GELU is the tanh approximation (`_level` has the exact one only)."""
     if any(b["gelu"] != "none" for b in blocks):
         return None
     weights = tuple(tuple(np.ascontiguousarray(b[name].t().numpy()) for b in blocks)
-                    for name in ("qkv", "self_out", "cross_q", "cross_out", "fc1", "fc2"))
+                    for name in _LEVEL_WEIGHTS)
     biases = tuple(np.stack([b[name] for b in blocks])
                    for name in ("qkv_b", "self_out_b", "cross_q_b", "cross_out_b", "fc1_b",
                                 "fc2_b"))
@@ -752,13 +774,13 @@ def _level_arrays(blocks: list[dict], packs: bool) -> tuple | None:
     ln_b = np.array([[b for _, b, _ in ln] for ln in lns], dtype=F32)
     ln_eps = np.array([[e for _, _, e in ln] for ln in lns], dtype=F32)
     return (*weights, *biases, ln_g, ln_b, ln_eps,
-            *(tuple(_packed(w, packs) for w in ws) for ws in weights))
+            *(tuple(NOT_PACKED for _ in ws) for ws in weights))
 
 
-def _memory_arrays(model: CodeDecoder, packs: bool) -> tuple | None:
-    """`_memory`'s weight arguments (w1 .. kv_b, then w1, w2 and kv_w packed by MKL if
-    `packs`, else NOT_PACKED); None unless the memory is the prefix MLP of a pooled query
-    with the exact GELU."""
+def _memory_arrays(model: CodeDecoder) -> tuple | None:
+    """`_memory`'s weight arguments (w1 .. kv_b, then NOT_PACKED in place of w1, w2 and
+    each kv_w: `FusedWeights.with_packs` fills them); None unless the memory is the prefix
+    MLP of a pooled query with the exact GELU."""
     prefix = model.prefix
     if model.config.query_tokens or not isinstance(prefix, nn.Sequential) or len(prefix) != 3:
         return None
@@ -771,12 +793,8 @@ def _memory_arrays(model: CodeDecoder, packs: bool) -> tuple | None:
     g, b, eps = _ln(model.prefix_ln)
     w1, w2, kv_w = _c(fc1.weight), _c(fc2.weight), tuple(_c(kv.weight) for kv in kvs)
     return (w1, _c(fc1.bias), w2, _c(fc2.bias), _c(model.prefix_pos), g, b, eps, kv_w,
-            tuple(_c(kv.bias) for kv in kvs), *(_packed(w, packs) for w in (w1, w2)),
-            tuple(_packed(w, packs) for w in kv_w))
-
-
-def _packed(w: np.ndarray, packs: bool) -> np.ndarray:
-    return pack(w) if packs else NOT_PACKED
+            tuple(_c(kv.bias) for kv in kvs), NOT_PACKED, NOT_PACKED,
+            tuple(NOT_PACKED for _ in kv_w))
 
 
 def _c(p: torch.Tensor) -> np.ndarray:

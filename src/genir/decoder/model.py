@@ -212,7 +212,7 @@ class CodeDecoder(nn.Module):
     def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None,
                       one_call: bool | None = None, pack: bool | None = None) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
-        on by default): with the default decoder 1.76-1.92x the queries/s of the torch
+        on by default): with the default decoder 1.66-1.92x the queries/s of the torch
         session at batch 32 (timed in pairs, docs/benchmarks.md). Off: always the torch
         session. `parallel`: its compiled loops split the rows over torch's threads
         (`genir.decoder.fused.row_kernels`, the default); False keeps them on the calling
@@ -221,10 +221,11 @@ class CodeDecoder(nn.Module):
         1.06-1.37x the queries/s of torch's products with the row kernels between them, which
         False asks for). `pack`: that level's products read weights packed once by MKL
         (`genir.decoder.fused.pack`; the default): with the default decoder 1.05x the
-        decoder's speed at beam 10, 1.01x at beam 30 (batch 32, in pairs), for ~40 MB more
-        resident memory (MKL places each packed matrix 1-2 MB into a buffer of ~8 MB);
-        T5-small-sized 1.01x for ~100 MB more than its weights. None leaves a setting as it
-        is. None of these is saved with the model. Returns the model."""
+        decoder's speed at beam 10, 1.01x at beam 30 (batch 32, in pairs; at batch 1 0.97x
+        and 1.06x the search's), for ~45 MB more resident memory (MKL places each packed
+        matrix up to 1.8 MB into a buffer of ~8 MB); T5-small-sized 1.01x for ~235 MB.
+        None leaves a setting as it is. None of these is saved with the model. Returns the
+        model."""
         self.fused_decoding = bool(enabled)
         if parallel is not None:
             self.fused_parallel = bool(parallel)
@@ -237,12 +238,18 @@ class CodeDecoder(nn.Module):
     def fused_weights(self) -> FusedWeights | None:
         """The arrays `FusedSession` reads, made once and kept until a parameter changes (in
         place, as training and load_state_dict do, new data, as `.to` does, or a new
-        parameter or module assigned); None when a parameter is not float32 on CPU."""
+        parameter or module assigned); None when a parameter is not float32 on CPU. New
+        weights come unpacked; asked for again unchanged (and `fuse_decoding(pack=...)` on,
+        the default), a packed copy takes their place: packing costs ~20 ms with the default
+        decoder, against 0.65 ms for the rest, which a search every training step (AVG's
+        discriminative loss) would pay each step."""
         key = (getattr(self, "fused_pack", True), *_parameter_state(self, []))
         if self._fused is None or self._fused[0] != key:
             ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
                      for p in self.parameters())
             self._fused = (key, FusedWeights(self) if ok else None)
+        elif key[0] and self._fused[1] is not None and not self._fused[1].packed:
+            self._fused = (key, self._fused[1].with_packs())
         return self._fused[1]
 
     def compile_decoding(self, enabled: bool = True) -> CodeDecoder:
