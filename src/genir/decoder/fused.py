@@ -339,7 +339,10 @@ def _find_mkl() -> bool:
         global _PACK
         try:
             compute = lib.sgemm_compute
-            _PACK = (lib.sgemm_pack_get_size, lib.sgemm_pack, local)
+            get_size, pack_a = lib.sgemm_pack_get_size, lib.sgemm_pack
+            get_size.restype = ctypes.c_size_t
+            local.restype, local.argtypes = ctypes.c_int, [ctypes.c_int]
+            _PACK = (get_size, pack_a, local)
         except AttributeError:   # an MKL without packed products: `pack` gives NOT_PACKED,
             compute = sgemm      # and _gemm_rows never calls this name (linked all the same)
         ll.add_symbol("genir_sgemm_compute", ctypes.cast(compute, ctypes.c_void_p).value)
@@ -364,8 +367,10 @@ NOT_PACKED = np.zeros(0, np.float32)
 def pack(w: np.ndarray) -> np.ndarray:
     """w (n, k) float32 C-contiguous, as torch stores a Linear's weight, packed by MKL as
     `_gemm_rows` multiplies it (the A of a column-major product, transposed): the buffer
-    for `_gemm_rows`' `packed`; NOT_PACKED where MKL has no packed products. Packed on the
-    calling thread only, as `_level`'s chunks use it. MKL asks for a fixed-size buffer
+    for `_gemm_rows`' `packed`; NOT_PACKED where MKL has no packed products. Packed with
+    one MKL thread, as `_level`'s parallel chunks compute; serial levels (under
+    ROWS_PARALLEL_MIN rows) compute with MKL's threads, which MKL advises against for
+    speed (searches at batch 1, beam 10: 0.97x unpacked). MKL asks for a fixed-size buffer
     (7.6 MB for every weight of the default decoder here); np.zeros takes it from calloc,
     so only the pages MKL writes become resident. The buffer must not move (MKL: do not
     copy a packed matrix): `FusedWeights` keeps it, and a copied model makes its own."""
@@ -374,7 +379,6 @@ def pack(w: np.ndarray) -> np.ndarray:
     import ctypes
 
     get_size, pack_a, local = _PACK
-    get_size.restype = ctypes.c_size_t
     n, k = w.shape
     ints = np.array([n, 1, k], dtype=np.int32)
     ident, trans = ctypes.c_char(b"A"), ctypes.c_char(b"T")
@@ -384,7 +388,6 @@ def pack(w: np.ndarray) -> np.ndarray:
     out = np.zeros(-(-size // 4), dtype=np.float32)
     alpha = np.ones(1, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
-    local.restype, local.argtypes = ctypes.c_int, [ctypes.c_int]
     previous = local(1)
     try:
         pack_a(ctypes.byref(ident), ctypes.byref(trans), ctypes.c_void_p(p),

@@ -157,6 +157,14 @@ class CodeDecoder(nn.Module):
         self.fused_one_call = True      # see fuse_decoding
         self.fused_pack = True          # see fuse_decoding
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the derived weights behind (`_decoding`, `_fused`): they
+        are remade from the copy's own parameters on first use, and MKL's packed matrices
+        must not be moved (their cache key, parameter ids and addresses, could match again
+        once the original is freed)."""
+        state = super().__getstate__()
+        return {**state, "_decoding": None, "_fused": None}
+
     def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
         N = num_prefix for a pooled query, query_tokens for a token sequence."""
@@ -238,12 +246,14 @@ class CodeDecoder(nn.Module):
     def fused_weights(self) -> FusedWeights | None:
         """The arrays `FusedSession` reads, made once and kept until a parameter changes (in
         place, as training and load_state_dict do, new data, as `.to` does, or a new
-        parameter or module assigned); None when a parameter is not float32 on CPU. New
-        weights come unpacked; asked for again unchanged (and `fuse_decoding(pack=...)` on,
-        the default), a packed copy takes their place: packing costs ~20 ms with the default
+        parameter or module assigned; writes through `p.data` bump no version and are
+        missed); None when a parameter is not float32 on CPU. New weights come unpacked;
+        asked for again unchanged (with `fuse_decoding`'s pack and one_call on, the
+        defaults), a packed copy takes their place: packing costs ~20 ms with the default
         decoder, against 0.65 ms for the rest, which a search every training step (AVG's
         discriminative loss) would pay each step."""
-        key = (getattr(self, "fused_pack", True), *_parameter_state(self, []))
+        packs = getattr(self, "fused_pack", True) and getattr(self, "fused_one_call", True)
+        key = (packs, *_parameter_state(self, []))
         if self._fused is None or self._fused[0] != key:
             ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
                      for p in self.parameters())
