@@ -55,6 +55,18 @@ class TimedSession:
 
     def __init__(self, inner, clock: dict[str, float]) -> None:
         self.inner, self.clock = inner, clock
+        self.numpy_steps = getattr(inner, "numpy_steps", False)   # the search's fast path
+
+    def log_prob_array(self, level: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.inner.log_prob_array(level)
+        self.clock["model"] += time.perf_counter() - t0
+        return out
+
+    def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        self.inner.advance_arrays(level, codes, parent)
+        self.clock["model"] += time.perf_counter() - t0
 
     def log_probs(self, level: int) -> torch.Tensor:
         t0 = time.perf_counter()

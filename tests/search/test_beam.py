@@ -376,8 +376,10 @@ def test_level_in_one_call_splits_rows_like_the_kernels():
                               *((fused.PARALLEL._replace(threads=c), True) for c in (2, 3, 7))):
         kv = [a.copy() for a in s.kv]
         xs = x.clone()
-        logp = fused.run_level(kernels, w, kv, s.anc, s.memory, s.mask, xs, 1, 7, one_call)
-        results.append((logp, torch.from_numpy(kv[0][1]), torch.from_numpy(kv[1][1]), xs))
+        logp = fused.run_level(kernels, w, kv, s.anc, s.memory, s.mask, xs.numpy(), 1, 7,
+                               one_call)
+        results.append((torch.from_numpy(logp), torch.from_numpy(kv[0][1]),
+                        torch.from_numpy(kv[1][1]), xs))
     for got in results[1:]:
         for a, b in zip(got, results[0], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=3e-6)

@@ -822,21 +822,30 @@ def fusable(model: CodeDecoder, query: torch.Tensor) -> bool:
 
 def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,
               memory: list[tuple[np.ndarray, np.ndarray]], mask: np.ndarray,
-              x: torch.Tensor, t: int, beams: int, one_call: bool = True) -> torch.Tensor:
-    """x (rows, d) contiguous tokens of position t (updated in place) -> log-probabilities of
-    level t's code (rows, K_t); writes position t's keys/values into kv[block][t]. In one
-    compiled call (`_level`) when `one_call` and the weights allow it (`FusedWeights.level`),
-    else torch's products with the row kernels between them."""
+              x: np.ndarray, t: int, beams: int, one_call: bool = True) -> np.ndarray:
+    """x (rows, d) float32 C-contiguous tokens of position t (updated in place) ->
+    log-probabilities of level t's code (rows, K_t) float32; writes position t's
+    keys/values into kv[block][t]. In one compiled call (`_level`) when `one_call` and the
+    weights allow it (`FusedWeights.level`), else torch's products with the row kernels
+    between them."""
     rows, d = x.shape
     k, chunks = split(k, rows, rows)
     if one_call and w.level is not None:
         weight = w.level_heads[t][0]
         logp = np.empty((rows, weight.shape[0]), dtype=F32)
-        k.level(x.numpy(), t, beams, anc, mask, tuple(kv),
+        k.level(x, t, beams, anc, mask, tuple(kv),
                 (tuple(m for m, _ in memory), tuple(v for _, v in memory)), w.level,
                 w.level_heads[t], logp, chunks)
-        return torch.from_numpy(logp)
-    xn = x.numpy()
+        return logp
+    with torch.inference_mode():
+        return _torch_level(k, w, kv, anc, memory, mask, x, t, beams, chunks)
+
+
+def _torch_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,
+                 memory: list[tuple[np.ndarray, np.ndarray]], mask: np.ndarray,
+                 xn: np.ndarray, t: int, beams: int, chunks: int) -> np.ndarray:
+    """`run_level` with torch's products and the row kernels between them."""
+    rows, d = xn.shape
     h = torch.empty(rows, d)
     y = torch.empty(rows, d)
     hn, yn = h.numpy(), y.numpy()
@@ -856,4 +865,4 @@ def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndar
             f = F.gelu(f.add_(torch.from_numpy(b["fc1_b"])), approximate=b["gelu"])
         add_ln(xn, torch.mm(f, b["fc2"]).numpy(), b["fc2_b"], True, b["ln_next"], hn)
     head_w, head_b = w.heads[t]
-    return torch.mm(h, head_w).add_(head_b).log_softmax(-1)
+    return torch.mm(h, head_w).add_(head_b).log_softmax(-1).numpy()

@@ -422,15 +422,35 @@ class FusedSession(DecoderSession):
                    for _ in model.blocks]
         self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
         self.anc[0] = np.arange(q)
-        x = torch.from_numpy(np.repeat(w.start[None], q, 0))   # (torch's expand + add: 3 ops)
+        x = np.repeat(w.start[None], q, 0)   # (torch's expand + add + copy: 80-100 us a batch)
         self.logp = run_level(self.kernels, w, self.kv, self.anc, self.memory, self.mask, x, 0,
                               1, self.one_call)
 
-    def _step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
-        with torch.inference_mode():
-            self._fused_step(level, codes, parent)
+    # the beam search may hand it numpy arrays and take them back (`log_prob_array`,
+    # `advance_arrays`): each torch <-> numpy conversion or check is a Python call, which
+    # between kernels, with cold caches, costs microseconds
+    numpy_steps = True
 
-    def _fused_step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+    def log_probs(self, level: int) -> torch.Tensor:
+        return torch.from_numpy(self.log_prob_array(level))
+
+    def log_prob_array(self, level: int) -> np.ndarray:
+        """`log_probs` as the float32 (Q * B, K_level) C-contiguous array it is."""
+        if level != self.level:
+            raise ValueError(f"the session is at level {self.level}, asked for {level}")
+        return self.logp
+
+    def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
+        """`advance` with numpy arrays."""
+        if level != self.level:
+            raise ValueError(f"the session is at level {self.level}, asked to feed {level}")
+        self._fused_step(level, codes, parent)
+        self.level = level + 1
+
+    def _step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        self._fused_step(level, codes.numpy(), parent.numpy())
+
+    def _fused_step(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
         # the kernels do not bounds-check: what the torch session would fail on is refused
         # before anything the session decodes from changes
         q, beams = codes.shape
@@ -450,10 +470,10 @@ class FusedSession(DecoderSession):
                 kv[:t, :old.shape[1]] = old[:t]
                 self.kv[i] = kv
         table, pos = self.weights_fused.tokens[level]
-        x = torch.empty(n, table.shape[1])
-        status = next_level(np.ascontiguousarray(codes.numpy(), dtype=np.int64),
-                            np.ascontiguousarray(parent.numpy(), dtype=np.int64), width,
-                            table, pos, self.anc, t, x.numpy())
+        x = np.empty((n, table.shape[1]), dtype=np.float32)
+        status = next_level(np.ascontiguousarray(codes, dtype=np.int64),
+                            np.ascontiguousarray(parent, dtype=np.int64), width, table, pos,
+                            self.anc, t, x)
         if status == 1:
             raise ValueError(f"parent values must be in 0..{width - 1} (the live beams), got "
                              f"{int(parent.min())}..{int(parent.max())}")

@@ -19,7 +19,7 @@ beam search.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import numba
 import numpy as np
@@ -29,6 +29,10 @@ from genir.search.trie import CodeTrie
 
 
 class DecodingSession(Protocol):
+    """What the search asks of a decoder. A session whose `numpy_steps` is True also has
+    `log_prob_array(level)` (the same as a float32 C-contiguous numpy array) and
+    `advance_arrays(level, codes, parent)` (int64 numpy arrays), which the search then uses."""
+
     def log_probs(self, level: int) -> torch.Tensor:
         """(Q * B, K_level) log-probabilities of the next code for every live beam."""
         ...
@@ -36,6 +40,14 @@ class DecodingSession(Protocol):
     def advance(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
         """Feed `codes` (Q, B') at `level`; beam b' of query q continues beam parent[q, b']."""
         ...
+
+
+class ArraySession(DecodingSession, Protocol):
+    """A `DecodingSession` with `numpy_steps` True."""
+
+    def log_prob_array(self, level: int) -> np.ndarray: ...
+
+    def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None: ...
 
 
 @torch.inference_mode()
@@ -50,12 +62,17 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
     q = num_queries
     node = np.zeros((q, 1), dtype=np.int64)  # the root
     score = np.zeros((q, 1), dtype=np.float32)
+    # a session that gives and takes numpy arrays (`FusedSession`) skips the conversions
+    arrays = cast(ArraySession, session) if getattr(session, "numpy_steps", False) else None
     for level in range(trie.num_levels):
         width = node.shape[1]
-        lp = session.log_probs(level)
-        if lp.requires_grad or lp.dtype != torch.float32 or lp.device.type != "cpu":
-            lp = lp.detach().float().cpu()
-        logp = np.ascontiguousarray(lp.numpy()).reshape(q, width, -1)
+        if arrays is not None:
+            logp = arrays.log_prob_array(level).reshape(q, width, -1)
+        else:
+            lp = session.log_probs(level)
+            if lp.requires_grad or lp.dtype != torch.float32 or lp.device.type != "cpu":
+                lp = lp.detach().float().cpu()
+            logp = np.ascontiguousarray(lp.numpy()).reshape(q, width, -1)
         k = logp.shape[2]
         if k <= trie.max_code[level]:
             raise ValueError(f"the decoder scores {k} codes at level {level}, but the trie "
@@ -68,7 +85,9 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
             logp, score, node, starts, codes, dense, min(beam_size, width * fan_out))
         if nan:   # the step never picks a NaN candidate: say so rather than drop it
             raise ValueError(f"the decoder's log-probabilities at level {level} contain NaN")
-        if level + 1 < trie.num_levels:
+        if level + 1 < trie.num_levels and arrays is not None:
+            arrays.advance_arrays(level, chosen, parent)
+        elif level + 1 < trie.num_levels:
             session.advance(level, torch.from_numpy(chosen), torch.from_numpy(parent))
     node[np.isinf(score)] = -1
     if node.shape[1] < beam_size:  # fewer valid IDs than beams: pad
