@@ -39,9 +39,9 @@ thread or the model asks otherwise (`CodeDecoder.fuse_decoding(parallel=False)`)
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
-(docs/benchmarks.md): 1.66-1.92x the torch session's queries/s at batch 32, of which
-1.06-1.37x from a level in one call (over torch's products with the row kernels between
-them); the loops on two threads 1.32-1.55x the row kernels on one; 2.24-2.93x at batch 1 (where levels of
+(docs/benchmarks.md): 1.66-2.05x the torch session's queries/s at batch 32, of which
+1.06-1.45x from a level in one call (over torch's products with the row kernels between
+them); the loops on two threads 1.32-1.66x the row kernels on one; 2.24-3.21x at batch 1 (where levels of
 fewer than 32 rows run serial). Used by `CodeDecoder.session` for inference on CPU in
 float32 (autograd off, eval mode, not compiled); everything else takes the torch session.
 The functions compile once per install into numba's cache (34 s for a first batch-32
