@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from search_speed import warm_up  # same folder
 
 from genir.decoder.model import T5_SMALL_SIZE, CodeDecoder, DecoderConfig
 from genir.ids.rq import ResidualQuantizer, RQConfig
@@ -64,8 +65,7 @@ def genir_qps(codes: np.ndarray, emb: np.ndarray, cfg: DecoderConfig, *, batch: 
     index = GenerativeIndex(tokenizer=tok, decoder=CodeDecoder(cfg), item_emb=emb, codes=codes,
                             item_ids=[str(i) for i in range(len(codes))], config=IndexConfig())
     q = emb[:num_queries]
-    for _ in range(2):   # warm-up (the second search packs the decoder's weights)
-        index.search(q[:batch], k, beam_size=beam)
+    warm_up(lambda qs: index.search(qs, k, beam_size=beam), q[:batch])
     t0 = time.perf_counter()
     for start in range(0, num_queries, batch):
         index.search(q[start:start + batch], k, beam_size=beam)

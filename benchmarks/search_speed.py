@@ -16,6 +16,7 @@ import json
 import platform
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def warm_up(search, queries: np.ndarray) -> None:
+    """Two untimed searches: the first after new weights runs them unpacked, the second
+    packs them for MKL (`CodeDecoder.fused_weights`), as every later search reads them."""
+    for _ in range(2):
+        search(queries)
+
+
 def timed_batches(fn, queries: np.ndarray, batch: int) -> dict[str, float]:
-    fn(queries[:batch])  # warm-up (twice: a second search packs the decoder's weights)
-    fn(queries[:batch])
+    warm_up(fn, queries[:batch])
     lat = []
     for start in range(0, len(queries) - batch + 1, batch):
         t0 = time.perf_counter()
@@ -77,18 +84,26 @@ def decoder_flops_per_query(cfg: DecoderConfig, beam: int) -> float:
     return float(sum(2 * m * k * n for m, k, n in decoder_gemms(cfg, beam)))
 
 
-def gemm_gflops(shapes: list[tuple[int, int, int]], reps: int = 20) -> float:
-    """GFLOP/s of `shapes` run back to back as bare matrix products (no bias, activation or
-    attention): the machine's limit for the decoder's own matrices, the fastest of `reps`."""
-    mats = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
-    flops = sum(2 * m * k * n for m, k, n in shapes)
-    best = float("inf")
-    for _ in range(reps + 2):
+def bare_products(shapes: list[tuple[int, int, int]]) -> Callable[[], float]:
+    """A function that runs the (rows, in, out) `shapes` as bare matrix products back to back
+    (random inputs, outputs preallocated; no bias, activation or attention) and returns the
+    seconds it took."""
+    mats = [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)) for m, k, n in shapes]
+
+    def run() -> float:
         t0 = time.perf_counter()
-        for a, b in mats:
-            torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return flops / best / 1e9
+        for a, b, out in mats:
+            torch.mm(a, b, out=out)
+        return time.perf_counter() - t0
+    return run
+
+
+def gemm_gflops(shapes: list[tuple[int, int, int]], reps: int = 20) -> float:
+    """GFLOP/s of `shapes` run back to back as bare matrix products (`bare_products`): the
+    machine's limit for the decoder's own matrices, the fastest of `reps`."""
+    run = bare_products(shapes)
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    return flops / min(run() for _ in range(reps + 2)) / 1e9
 
 
 def synthetic_index(n: int, *, dim: int, levels: int, codebook_size: int, decoder: CodeDecoder,

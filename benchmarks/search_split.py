@@ -33,10 +33,12 @@ from __future__ import annotations
 import copy
 import json
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from search_speed import (  # same folder
+    bare_products,
     common_args,
     decoder_flops_per_query,
     decoder_gemms,
@@ -44,6 +46,7 @@ from search_speed import (  # same folder
     matmul_gflops,
     setup,
     synthetic_index,
+    warm_up,
 )
 
 from genir.index import GenerativeIndex
@@ -51,33 +54,49 @@ from genir.search import beam as beam_mod
 
 
 class TimedSession:
-    """Wraps a DecoderSession; adds the seconds spent inside it to `clock['model']`."""
+    """Wraps a DecoderSession; adds the seconds spent inside it to `clock['model']`. Passes
+    the array calls of a session with `numpy_steps` through, so the search keeps its path."""
 
     def __init__(self, inner, clock: dict[str, float]) -> None:
         self.inner, self.clock = inner, clock
-        self.numpy_steps = getattr(inner, "numpy_steps", False)   # the search's fast path
+        self.numpy_steps = getattr(inner, "numpy_steps", False)
 
-    def log_prob_array(self, level: int) -> np.ndarray:
+    def _timed(self, method: str, *args):
         t0 = time.perf_counter()
-        out = self.inner.log_prob_array(level)
+        out = getattr(self.inner, method)(*args)
         self.clock["model"] += time.perf_counter() - t0
         return out
-
-    def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        self.inner.advance_arrays(level, codes, parent)
-        self.clock["model"] += time.perf_counter() - t0
 
     def log_probs(self, level: int) -> torch.Tensor:
-        t0 = time.perf_counter()
-        out = self.inner.log_probs(level)
-        self.clock["model"] += time.perf_counter() - t0
-        return out
+        return self._timed("log_probs", level)
 
     def advance(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
+        self._timed("advance", level, codes, parent)
+
+    def log_prob_array(self, level: int) -> np.ndarray:
+        return self._timed("log_prob_array", level)
+
+    def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
+        self._timed("advance_arrays", level, codes, parent)
+
+
+@contextmanager
+def timed_sessions(decoder, clock: dict[str, float], start: str):
+    """While inside, the sessions `decoder` makes are `TimedSession`s (their calls add to
+    clock["model"]); making one (the query memory and its keys/values) adds to clock[start]."""
+    real_session = type(decoder).session
+
+    def session(self, query):
         t0 = time.perf_counter()
-        self.inner.advance(level, codes, parent)
-        self.clock["model"] += time.perf_counter() - t0
+        s = real_session(self, query)
+        clock[start] += time.perf_counter() - t0
+        return TimedSession(s, clock)
+
+    type(decoder).session = session            # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        type(decoder).session = real_session   # type: ignore[method-assign]
 
 
 def split_search(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: int, batch: int,
@@ -118,31 +137,11 @@ def paired_decoder_fraction(index: GenerativeIndex, queries: np.ndarray, *, k: i
     Each batch is its own pair, so the fractions do not follow this VM's drift, where a limit
     measured after a whole pass (`split_search`) pairs a best case with the pass's average.
     -> medians and quartiles of both over rounds x batches."""
-    cfg = index.decoder.config
-    mats = [(torch.randn(m, kk), torch.randn(kk, n), torch.empty(m, n))
-            for m, kk, n in decoder_gemms(cfg, beam, batch)]
-
-    def bare() -> float:
-        t0 = time.perf_counter()
-        for a, b, out in mats:
-            torch.mm(a, b, out=out)
-        return time.perf_counter() - t0
-
+    bare = bare_products(decoder_gemms(index.decoder.config, beam, batch))
     clock = {"model": 0.0}
-    decoder = index.decoder
-    real_session = type(decoder).session
-
-    def session(self, query):
-        t0 = time.perf_counter()
-        s = real_session(self, query)
-        clock["model"] += time.perf_counter() - t0
-        return TimedSession(s, clock)
-
     after, warm = [], []
-    type(decoder).session = session            # type: ignore[method-assign]
-    try:
-        for _ in range(2):   # warm-up (the second search packs the decoder's weights)
-            index.search(queries[:batch], k, beam_size=beam, rerank=False)
+    with timed_sessions(index.decoder, clock, "model"):
+        warm_up(lambda q: index.search(q, k, beam_size=beam, rerank=False), queries[:batch])
         bare()
         for _ in range(rounds):
             for start in range(0, len(queries) - batch + 1, batch):
@@ -151,8 +150,6 @@ def paired_decoder_fraction(index: GenerativeIndex, queries: np.ndarray, *, k: i
                 times = [bare() for _ in range(3)]
                 after.append(times[0] / clock["model"])
                 warm.append(min(times) / clock["model"])
-    finally:
-        type(decoder).session = real_session   # type: ignore[method-assign]
     return {name: {"median": float(np.median(v)), "q25": float(np.percentile(v, 25)),
                    "q75": float(np.percentile(v, 75))}
             for name, v in (("after", after), ("warm", warm))} | {"pairs": len(after)}
@@ -161,15 +158,7 @@ def paired_decoder_fraction(index: GenerativeIndex, queries: np.ndarray, *, k: i
 def _split_once(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: int, batch: int,
                 rerank: bool) -> dict[str, float]:
     clock = {"memory": 0.0, "model": 0.0, "beam": 0.0}
-    decoder = index.decoder
-    real_session = type(decoder).session
     real_search = beam_mod.constrained_beam_search
-
-    def session(self, query):  # memory + K/V of the query: model work
-        t0 = time.perf_counter()
-        s = real_session(self, query)
-        clock["memory"] += time.perf_counter() - t0
-        return TimedSession(s, clock)
 
     def timed_search(*args, **kwargs):
         t0 = time.perf_counter()
@@ -179,20 +168,19 @@ def _split_once(index: GenerativeIndex, queries: np.ndarray, *, k: int, beam: in
 
     import genir.index as index_mod
 
-    type(decoder).session = session            # type: ignore[method-assign]
     index_mod.constrained_beam_search = timed_search
     try:
-        for _ in range(2):   # warm-up (the second search packs the decoder's weights)
-            index.search(queries[:batch], k, beam_size=beam, rerank=rerank)
-        clock.update(memory=0.0, model=0.0, beam=0.0)
-        t0 = time.perf_counter()
-        n = 0
-        for start in range(0, len(queries) - batch + 1, batch):
-            index.search(queries[start:start + batch], k, beam_size=beam, rerank=rerank)
-            n += batch
-        total = time.perf_counter() - t0
+        with timed_sessions(index.decoder, clock, "memory"):   # memory + K/V: model work
+            warm_up(lambda q: index.search(q, k, beam_size=beam, rerank=rerank),
+                    queries[:batch])
+            clock.update(memory=0.0, model=0.0, beam=0.0)
+            t0 = time.perf_counter()
+            n = 0
+            for start in range(0, len(queries) - batch + 1, batch):
+                index.search(queries[start:start + batch], k, beam_size=beam, rerank=rerank)
+                n += batch
+            total = time.perf_counter() - t0
     finally:
-        type(decoder).session = real_session   # type: ignore[method-assign]
         index_mod.constrained_beam_search = real_search
     # search() builds the session (memory, K/V) before it enters the beam search; the
     # session's per-level calls happen inside it
@@ -338,8 +326,8 @@ def paired_ratio(search_a, search_b, queries: np.ndarray, *, batch: int,
     the per-batch ratios, and "rounds": each round's pooled ratio."""
     if not 1 <= batch <= len(queries):
         raise ValueError(f"batch must be in 1..{len(queries)} (the queries), got {batch}")
-    for search in (search_a, search_b, search_a, search_b):  # warm-up (twice: the second
-        search(queries[:batch])                              # search packs the weights)
+    for search in (search_a, search_b):
+        warm_up(search, queries[:batch])
     pairs, per_round = [], []
     total = np.zeros(2)
     for _ in range(rounds):

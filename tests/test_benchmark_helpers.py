@@ -39,9 +39,9 @@ def test_paired_ratio_searches_every_batch_on_both_sides_in_alternating_order(sp
                          queries, batch=2, rounds=2)
     assert r["pooled"] == pytest.approx(2.0) and r["median"] == pytest.approx(2.0)
     assert r["pairs"] == 8 and r["rounds"] == [pytest.approx(2.0)] * 2
-    # two warm-ups each (the second packs a decoder's weights), then per batch both sides,
-    # the order swapped from batch to batch
-    assert calls[:4] == [("a", 0), ("b", 0)] * 2
+    # two warm-ups each (`warm_up`: the second packs a decoder's weights), then per batch
+    # both sides, the order swapped from batch to batch
+    assert calls[:4] == [("a", 0), ("a", 0), ("b", 0), ("b", 0)]
     one_round = [("a", 0), ("b", 0), ("b", 2), ("a", 2), ("a", 4), ("b", 4), ("b", 6), ("a", 6)]
     assert calls[4:] == one_round * 2
 

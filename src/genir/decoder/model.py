@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -226,7 +227,7 @@ class CodeDecoder(nn.Module):
         (`genir.decoder.fused.row_kernels`, the default); False keeps them on the calling
         thread, for a server that already runs one search per core. `one_call`: a level
         in one compiled call with MKL's products inside, where torch ships MKL (the default;
-        1.06-1.37x the queries/s of torch's products with the row kernels between them, which
+        1.06-1.45x the queries/s of torch's products with the row kernels between them, which
         False asks for). `pack`: that level's products read weights packed once by MKL
         (`genir.decoder.fused.pack`; the default): with the default decoder 1.05x the
         decoder's speed at beam 10, 1.01x at beam 30 (batch 32, in pairs; at batch 1 0.97x
@@ -436,19 +437,16 @@ class FusedSession(DecoderSession):
 
     def log_prob_array(self, level: int) -> np.ndarray:
         """`log_probs` as the float32 (Q * B, K_level) C-contiguous array it is."""
-        if level != self.level:
-            raise ValueError(f"the session is at level {self.level}, asked for {level}")
-        return self.logp
+        return cast(np.ndarray, super().log_probs(level))   # (self.logp: an array here)
 
     def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
-        """`advance` with numpy arrays."""
-        if level != self.level:
-            raise ValueError(f"the session is at level {self.level}, asked to feed {level}")
-        self._fused_step(level, codes, parent)
-        self.level = level + 1
+        """`advance` with numpy arrays (`_step` takes both)."""
+        self.advance(level, codes, parent)  # type: ignore[arg-type]
 
-    def _step(self, level: int, codes: torch.Tensor, parent: torch.Tensor) -> None:
-        self._fused_step(level, codes.numpy(), parent.numpy())
+    def _step(self, level: int, codes: torch.Tensor | np.ndarray,
+              parent: torch.Tensor | np.ndarray) -> None:
+        self._fused_step(level, *(a.numpy() if isinstance(a, torch.Tensor) else a
+                                  for a in (codes, parent)))
 
     def _fused_step(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
         # the kernels do not bounds-check: what the torch session would fail on is refused
