@@ -148,9 +148,13 @@ def test_incremental_decoding_matches_teacher_forcing(query_tokens, kind):
 
 def test_cached_decoding_weights_follow_in_place_updates():
     """The session's fused projections are cached on the model; an optimiser step and
-    load_state_dict (both in place) must not leave later sessions on stale weights, and
-    weights first made under inference mode must still serve a session with autograd on."""
+    load_state_dict (both in place), parameters and modules assigned anew and new data
+    must not leave later sessions on stale weights, and weights first made under
+    inference mode must still serve a session with autograd on."""
     model = tiny_decoder(seed=4)
+    spare = torch.nn.LayerNorm(16)      # made before any weights: only its assignment tells
+    with torch.no_grad():
+        spare.weight.fill_(2.0)
     queries = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
     for kind in SESSIONS:
         assert_session_matches_teacher_forcing(model, queries, kind)
@@ -171,6 +175,17 @@ def test_cached_decoding_weights_follow_in_place_updates():
         model.heads[1].weight = torch.nn.Parameter(torch.randn_like(model.heads[1].weight))
         model.ln_f = torch.nn.LayerNorm(16)
         model.ln_f.bias.fill_(0.5)
+    for kind in SESSIONS:
+        assert_session_matches_teacher_forcing(model, queries, kind)
+    # modules made elsewhere (registrations the cache key counts) leave the weights as they
+    # are; new data (as `.to` gives: no version bump, new pointers) is seen
+    model.fused_weights()
+    weights = model.fused_weights()     # (packed: the second request)
+    torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert model.fused_weights() is weights
+    model.to(torch.float64).to(torch.float32)
+    assert model.fused_weights() is not weights
+    model.ln_f = spare
     for kind in SESSIONS:
         assert_session_matches_teacher_forcing(model, queries, kind)
     opt.zero_grad(set_to_none=True)
@@ -374,7 +389,7 @@ def test_level_in_one_call_splits_rows_like_the_kernels():
     results = []
     for kernels, one_call in ((fused.SERIAL, False), (fused.SERIAL, True),
                               *((fused.PARALLEL._replace(threads=c), True) for c in (2, 3, 7))):
-        kv = [a.copy() for a in s.kv]
+        kv = tuple(a.copy() for a in s.kv)
         xs = x.clone()
         logp = fused.run_level(kernels, w, kv, s.anc, s.memory, s.mask, xs.numpy(), 1, 7,
                                one_call)

@@ -108,29 +108,29 @@ def _exp(x):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
 def _ln_row(x, o, bias, add, gamma, beta, eps, out, r):  # type: ignore[no-untyped-def]
-    """out[r] = LayerNorm(x[r]); with `add`, first x[r] += o[r] + bias (in place)."""
+    """out[r] = LayerNorm(x[r]); with `add`, first x[r] += o[r] + bias (in place). Rows
+    are indexed in place, never taken as views (`x[r]`), here and in every row kernel: a
+    view costs an atomic increment and decrement of its array's reference count (numba's
+    NRT), which the threads of a parallel level contend for (see `_cross_attn_rows`)."""
     d = x.shape[1]
     inv_d = F32(1.0) / F32(d)
-    xr = x[r]
     total = F32(0.0)
     if add:
-        orow = o[r]
         for j in range(d):
-            v = xr[j] + orow[j] + bias[j]
-            xr[j] = v
+            v = x[r, j] + o[r, j] + bias[j]
+            x[r, j] = v
             total += v
     else:
         for j in range(d):
-            total += xr[j]
+            total += x[r, j]
     mean = total * inv_d
     var = F32(0.0)
     for j in range(d):
-        c = xr[j] - mean
+        c = x[r, j] - mean
         var += c * c
     inv = F32(1.0) / np.sqrt(var * inv_d + eps)
-    outr = out[r]
     for j in range(d):
-        outr[j] = (xr[j] - mean) * inv * gamma[j] + beta[j]
+        out[r, j] = (x[r, j] - mean) * inv * gamma[j] + beta[j]
 
 
 def _add_ln(x, o, bias, add, ln, out):  # type: ignore[no-untyped-def]
@@ -143,10 +143,13 @@ def _add_ln(x, o, bias, add, ln, out):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
 def _self_attn_rows(qkv, bias, kv, anc, t, y, lo, hi, s, qv):  # type: ignore[no-untyped-def]
-    """`_self_attn` on rows lo..hi - 1; s (>= t + 1) and qv (d) are scratch."""
+    """`_self_attn` on rows lo..hi - 1; s (>= H (t + 1)) and qv (d) are scratch. A row's
+    scores for every head first, then their exponentials in one loop (vectorised: one at
+    a time they were ~15% of the kernel's time), then the weighted sums."""
     heads, hd2 = kv.shape[2], kv.shape[3]
     hd = hd2 // 2
     d = heads * hd
+    n = t + 1
     for r in range(lo, hi):
         qr = qkv[r]
         new = kv[t, r]
@@ -158,29 +161,32 @@ def _self_attn_rows(qkv, bias, kv, anc, t, y, lo, hi, s, qv):  # type: ignore[no
                 dst[j] = src[j] + b[j]
         for j in range(d):
             qv[j] = qr[j] + bias[j]
-        yr = y[r]
         for h in range(heads):
             q = qv[h * hd:(h + 1) * hd]
             top = F32(-np.inf)
-            for p in range(t + 1):
+            for p in range(n):
                 k = kv[p, anc[p, r], h]
                 a = F32(0.0)
                 for j in range(hd):
                     a += q[j] * k[j]
-                s[p] = a
+                s[h * n + p] = a
                 top = max(top, a)
+            for p in range(n):
+                s[h * n + p] -= top
+        for i in range(heads * n):
+            s[i] = _exp(s[i])
+        yr = y[r]
+        for h in range(heads):
             total = F32(0.0)
-            for p in range(t + 1):
-                e = _exp(s[p] - top)
-                s[p] = e
-                total += e
+            for p in range(n):
+                total += s[h * n + p]
             inv = F32(1.0) / total
             acc = yr[h * hd:(h + 1) * hd]
             for j in range(hd):
                 acc[j] = F32(0.0)
-            for p in range(t + 1):
+            for p in range(n):
                 v = kv[p, anc[p, r], h, hd:]
-                w = s[p] * inv
+                w = s[h * n + p] * inv
                 for j in range(hd):
                     acc[j] += w * v[j]
 
@@ -194,7 +200,7 @@ def _self_attn(qkv, bias, kv, anc, t, y, chunks):  # type: ignore[no-untyped-def
     d = kv.shape[2] * kv.shape[3] // 2
     for c in prange(chunks):   # chunks of rows (one per thread), each with its scratch
         _self_attn_rows(qkv, bias, kv, anc, t, y, c * rows // chunks, (c + 1) * rows // chunks,
-                        np.empty(t + 1, np.float32), np.empty(d, np.float32))
+                        np.empty(kv.shape[2] * (t + 1), np.float32), np.empty(d, np.float32))
 
 
 # _self_attn and _cross_attn spell out the same softmax and weighted sum on purpose: a
@@ -203,41 +209,47 @@ def _self_attn(qkv, bias, kv, anc, t, y, chunks):  # type: ignore[no-untyped-def
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
 def _cross_attn_rows(hc, bias, mem_k, mem_v, mask, beams, y, lo, hi, s,  # type: ignore[no-untyped-def]
                      qv):
-    """`_cross_attn` on rows lo..hi - 1; s (>= N) and qv (d) are scratch."""
+    """`_cross_attn` on rows lo..hi - 1; s (>= H N) and qv (d) are scratch. Laid out as
+    `_self_attn_rows`; padding scores are -inf and their weights exactly 0. Arrays are
+    indexed in place, not through views of rows (`mem_k[qi, h, n]`): here those views kept
+    their reference counting (NRT's atomic increments and decrements, which numba prunes
+    from `_self_attn_rows`), which made the kernel 2.2x as slow on one thread."""
     d = hc.shape[1]
     heads, n_mem, hd = mem_k.shape[1], mem_k.shape[2], mem_k.shape[3]
     for r in range(lo, hi):
         qi = r // beams
-        hr = hc[r]
         for j in range(d):
-            qv[j] = hr[j] + bias[j]
-        yr = y[r]
+            qv[j] = hc[r, j] + bias[j]
         for h in range(heads):
-            q = qv[h * hd:(h + 1) * hd]
+            c = h * hd
             top = F32(-np.inf)
             for n in range(n_mem):
+                a = F32(-np.inf)
                 if mask[qi, n]:
-                    k = mem_k[qi, h, n]
                     a = F32(0.0)
                     for j in range(hd):
-                        a += q[j] * k[j]
-                    s[n] = a
+                        a += qv[c + j] * mem_k[qi, h, n, j]
                     top = max(top, a)
+                s[h * n_mem + n] = a
+            for n in range(n_mem):
+                s[h * n_mem + n] -= top
+        for i in range(heads * n_mem):
+            x = s[i]
+            e = _exp(x)
+            s[i] = e if x != -np.inf else F32(0.0)
+        for h in range(heads):
+            c = h * hd
             total = F32(0.0)
             for n in range(n_mem):
-                e = _exp(s[n] - top) if mask[qi, n] else F32(0.0)
-                s[n] = e
-                total += e
+                total += s[h * n_mem + n]
             inv = F32(1.0) / total
-            acc = yr[h * hd:(h + 1) * hd]
             for j in range(hd):
-                acc[j] = F32(0.0)
+                y[r, c + j] = F32(0.0)
             for n in range(n_mem):
                 if mask[qi, n]:
-                    v = mem_v[qi, h, n]
-                    w = s[n] * inv
+                    w = s[h * n_mem + n] * inv
                     for j in range(hd):
-                        acc[j] += w * v[j]
+                        y[r, c + j] += w * mem_v[qi, h, n, j]
 
 
 def _cross_attn(hc, bias, mem_k, mem_v, mask, beams, y, chunks):  # type: ignore[no-untyped-def]
@@ -246,7 +258,8 @@ def _cross_attn(hc, bias, mem_k, mem_v, mask, beams, y, chunks):  # type: ignore
     rows, d = hc.shape
     for c in prange(chunks):   # chunks of rows (one per thread), each with its scratch
         _cross_attn_rows(hc, bias, mem_k, mem_v, mask, beams, y, c * rows // chunks,
-                         (c + 1) * rows // chunks, np.empty(mem_k.shape[2], np.float32),
+                         (c + 1) * rows // chunks,
+                         np.empty(mem_k.shape[1] * mem_k.shape[2], np.float32),
                          np.empty(d, np.float32))
 
 
@@ -269,15 +282,14 @@ def _bias_gelu_rows(f, bias, lo, hi):  # type: ignore[no-untyped-def]
     """`_bias_gelu` on rows lo..hi - 1."""
     n = f.shape[1]
     for r in range(lo, hi):
-        fr = f[r]
         for j in range(n):
-            x = fr[j] + bias[j]
+            x = f[r, j] + bias[j]
             z = min(max(x * F32(0.7071067811865476), F32(-4.0)), F32(4.0))
             z2 = z * z
             p = ((((((_P0 * z2 + _P1) * z2 + _P2) * z2 + _P3) * z2 + _P4) * z2 + _P5) * z2
                  + _P6) * z
             q = (((_Q0 * z2 + _Q1) * z2 + _Q2) * z2 + _Q3) * z2 + _Q4
-            fr[j] = F32(0.5) * x * (F32(1.0) + p / q)
+            f[r, j] = F32(0.5) * x * (F32(1.0) + p / q)
 
 
 def _bias_gelu(f, bias, chunks):  # type: ignore[no-untyped-def]
@@ -313,9 +325,9 @@ def next_level(codes, parent, width, table, pos, anc, t, x):  # type: ignore[no-
             for p in range(t):
                 anc[p, r] = old[p, src]
             anc[t, r] = r
-            emb, xr = table[codes[i, b]], x[r]
+            c = codes[i, b]
             for j in range(d):
-                xr[j] = emb[j] + pos[j]
+                x[r, j] = table[c, j] + pos[j]
     return 0
 
 
@@ -426,19 +438,23 @@ def _gemm_rows(x, w, packed, out, lo, hi, ints, flts):  # type: ignore[no-untype
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
-def _row_max(z, lanes):  # type: ignore[no-untyped-def]
-    """max(z) over 8 running maxima (lanes: 8 float32 of scratch; NaNs are passed over):
+def _row_max(z, r, lanes):  # type: ignore[no-untyped-def]
+    """max(z[r]) over 8 running maxima (lanes: 8 float32 of scratch; NaNs are passed over):
     a single running max does not vectorise without fastmath's no-NaN flag (345 against
     120 us over (960, 256) here)."""
-    lanes[:] = -np.inf
-    n8 = z.shape[0] // 8 * 8
+    for i in range(8):
+        lanes[i] = -np.inf
+    n = z.shape[1]
+    n8 = n // 8 * 8
     for j in range(0, n8, 8):
         for i in range(8):
-            v = z[j + i]
+            v = z[r, j + i]
             lanes[i] = v if v > lanes[i] else lanes[i]
-    top = lanes.max()
-    for j in range(n8, z.shape[0]):
-        top = z[j] if z[j] > top else top
+    top = lanes[0]
+    for i in range(1, 8):
+        top = lanes[i] if lanes[i] > top else top
+    for j in range(n8, n):
+        top = z[r, j] if z[r, j] > top else top
     return top
 
 
@@ -448,16 +464,15 @@ def _bias_log_softmax_rows(z, bias, lo, hi, lanes):  # type: ignore[no-untyped-d
     row NaN, as torch's does: the beam search refuses it); lanes: 8 float32 of scratch."""
     n = z.shape[1]
     for r in range(lo, hi):
-        zr = z[r]
         for j in range(n):
-            zr[j] += bias[j]
-        top = _row_max(zr, lanes)
+            z[r, j] += bias[j]
+        top = _row_max(z, r, lanes)
         total = F32(0.0)
         for j in range(n):
-            total += _exp(zr[j] - top)
+            total += _exp(z[r, j] - top)
         shift = top + np.log(total)
         for j in range(n):
-            zr[j] -= shift
+            z[r, j] -= shift
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
@@ -475,27 +490,31 @@ def _level_rows(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type
     previous = _mkl_threads_local(1) if own_thread else 0
     ints = np.empty(6, np.int32)
     flts = np.empty(2, np.float32)
-    s_self = np.empty(t + 1, np.float32)
-    s_cross = np.empty(mem_k[0].shape[2], np.float32)
+    s_self = np.empty(kv[0].shape[2] * (t + 1), np.float32)
+    s_cross = np.empty(mem_k[0].shape[1] * mem_k[0].shape[2], np.float32)
     qv = np.empty(x.shape[1], np.float32)
+    gamma, beta = ln_g[0, 0], ln_b[0, 0]     # (views made once: none in the row loops)
     for r in range(lo, hi):
-        _ln_row(x, x, x[0], False, ln_g[0, 0], ln_b[0, 0], ln_eps[0, 0], h, r)
+        _ln_row(x, x, gamma, False, gamma, beta, ln_eps[0, 0], h, r)
     for i in range(len(w_qkv)):
         _gemm_rows(h, w_qkv[i], p_qkv[i], qkv, lo, hi, ints, flts)
         _self_attn_rows(qkv, b_qkv[i], kv[i], anc, t, y, lo, hi, s_self, qv)
         _gemm_rows(y, w_self[i], p_self[i], o, lo, hi, ints, flts)
+        bias, gamma, beta = b_self[i], ln_g[i, 1], ln_b[i, 1]
         for r in range(lo, hi):
-            _ln_row(x, o, b_self[i], True, ln_g[i, 1], ln_b[i, 1], ln_eps[i, 1], h, r)
+            _ln_row(x, o, bias, True, gamma, beta, ln_eps[i, 1], h, r)
         _gemm_rows(h, w_cq[i], p_cq[i], o, lo, hi, ints, flts)
         _cross_attn_rows(o, b_cq[i], mem_k[i], mem_v[i], mask, beams, y, lo, hi, s_cross, qv)
         _gemm_rows(y, w_cross[i], p_cross[i], o, lo, hi, ints, flts)
+        bias, gamma, beta = b_cross[i], ln_g[i, 2], ln_b[i, 2]
         for r in range(lo, hi):
-            _ln_row(x, o, b_cross[i], True, ln_g[i, 2], ln_b[i, 2], ln_eps[i, 2], h, r)
+            _ln_row(x, o, bias, True, gamma, beta, ln_eps[i, 2], h, r)
         _gemm_rows(h, w_fc1[i], p_fc1[i], f, lo, hi, ints, flts)
         _bias_gelu_rows(f, b_fc1[i], lo, hi)
         _gemm_rows(f, w_fc2[i], p_fc2[i], o, lo, hi, ints, flts)
+        bias, gamma, beta = b_fc2[i], ln_g[i, 3], ln_b[i, 3]
         for r in range(lo, hi):
-            _ln_row(x, o, b_fc2[i], True, ln_g[i, 3], ln_b[i, 3], ln_eps[i, 3], h, r)
+            _ln_row(x, o, bias, True, gamma, beta, ln_eps[i, 3], h, r)
     _gemm_rows(h, head_w, head_p, logp, lo, hi, ints, flts)
     _bias_log_softmax_rows(logp, head_b, lo, hi, np.empty(8, np.float32))
     if own_thread:
@@ -503,8 +522,10 @@ def _level_rows(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type
 
 
 def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ignore[no-untyped-def]
-           chunks):
-    """`run_level` in one call: each chunk of rows (one per thread) goes through every block
+           chunks, codes, parent, width, table, pos):
+    """`run_level` in one call: first, unless width is 0, level t's rows from the codes
+    chosen at level t - 1 (`next_level`; its status returned, nothing computed, if it
+    refuses them: else 0), then each chunk of rows (one per thread) goes through every block
     and the head on its own (`_level_rows`), MKL's sgemm on that thread for the products (a
     level's rows are independent: a row reads earlier levels' keys/values and its own).
     memory: (keys, values) per block; weights: `FusedWeights.level` (w_*: (out, in) as
@@ -513,6 +534,10 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
     level t. Writes logp (rows, K_t), the log-probabilities, and position t's keys/values.
     The chunk's work is its own compiled function, shared by the serial and parallel
     variants."""
+    if width:
+        status = next_level(codes, parent, width, table, pos, anc, t, x)
+        if status:
+            return status
     rows, d = x.shape
     mem_k, mem_v = memory       # (a parallel loop takes tuples of arrays, not nested ones)
     (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross, b_fc1, b_fc2,
@@ -529,6 +554,7 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
                      b_fc1, b_fc2, ln_g, ln_b, ln_eps, p_qkv, p_self, p_cq, p_cross, p_fc1,
                      p_fc2), (head_w, head_b, head_p), logp,
                     (h, y, o, qkv, f), c * rows // chunks, (c + 1) * rows // chunks, chunks > 1)
+    return 0
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
@@ -549,21 +575,18 @@ def _memory_rows(query, weights, mem_k, mem_v, scratch, lo, hi,  # type: ignore[
     _gemm_rows(hidden, w2, p2, prefix, lo, hi, ints, flts)
     for r in range(lo * n_mem, hi * n_mem):
         p = r % n_mem
-        row = rows[r]
         for j in range(d):
-            row[j] += b2[p * d + j] + pos[p, j]
+            rows[r, j] += b2[p * d + j] + pos[p, j]
         _ln_row(rows, rows, b2, False, ln_g, ln_b, eps, mem, r)
     for i in range(len(kv_w)):
         _gemm_rows(mem, kv_w[i], kv_p[i], kv, lo * n_mem, hi * n_mem, ints, flts)
-        bias = kv_b[i]
+        bias, keys, values = kv_b[i], mem_k[i], mem_v[i]
         for r in range(lo * n_mem, hi * n_mem):
             qi, n = r // n_mem, r % n_mem
-            src = kv[r]
             for h in range(heads):
-                k, v = mem_k[i][qi, h, n], mem_v[i][qi, h, n]
                 for j in range(hd):
-                    k[j] = src[h * hd + j] + bias[h * hd + j]
-                    v[j] = src[d + h * hd + j] + bias[d + h * hd + j]
+                    keys[qi, h, n, j] = kv[r, h * hd + j] + bias[h * hd + j]
+                    values[qi, h, n, j] = kv[r, d + h * hd + j] + bias[d + h * hd + j]
     if own_thread:
         _mkl_threads_local(previous)
 
@@ -649,7 +672,13 @@ def row_kernels(parallel: bool) -> RowKernels:
         return SERIAL
     if numba.get_num_threads() != threads:   # per calling thread in numba
         numba.set_num_threads(threads)
-    return PARALLEL._replace(threads=threads)
+    kernels = _BY_THREADS.get(threads)
+    if kernels is None:
+        kernels = _BY_THREADS[threads] = PARALLEL._replace(threads=threads)
+    return kernels
+
+
+_BY_THREADS: dict[int, RowKernels] = {}   # PARALLEL per thread count
 
 
 def split(k: RowKernels, rows: int, units: int) -> tuple[RowKernels, int]:
@@ -741,6 +770,8 @@ class FusedWeights:
             self.tokens = [(cast(nn.Embedding, e).weight.detach().numpy(),
                             model.pos.detach()[t + 1].numpy())
                            for t, e in enumerate(model.code_emb)]
+            # level 0's stand-in for them (`run_level` without a step): no rows, same types
+            self.no_tokens = (np.zeros((0, self.start.shape[0]), dtype=F32), self.start)
 
 
     def with_packs(self) -> FusedWeights:
@@ -827,29 +858,53 @@ def fusable(model: CodeDecoder, query: torch.Tensor) -> bool:
             and query.dtype == torch.float32)
 
 
-def run_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,
-              memory: list[tuple[np.ndarray, np.ndarray]], mask: np.ndarray,
-              x: np.ndarray, t: int, beams: int, one_call: bool = True) -> np.ndarray:
+def run_level(k: RowKernels, w: FusedWeights, kv: tuple[np.ndarray, ...], anc: np.ndarray,
+              memory: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]], mask: np.ndarray,
+              x: np.ndarray, t: int, beams: int, one_call: bool = True,
+              step: tuple[np.ndarray, np.ndarray, int] | None = None) -> np.ndarray:
     """x (rows, d) float32 C-contiguous tokens of position t (updated in place) ->
     log-probabilities of level t's code (rows, K_t) float32; writes position t's
-    keys/values into kv[block][t]. In one compiled call (`_level`) when `one_call` and the
-    weights allow it (`FusedWeights.level`), else torch's products with the row kernels
-    between them."""
+    keys/values into kv[block][t]. memory: (keys, values), each per block (Q, H, N, hd).
+    step: level t - 1's choice, (codes, parent) (Q, beams) int64 C-contiguous and the
+    width (beams) it chose from; x is then written from it first (`next_level`: ancestry
+    into anc, tokens into x), in the same call. In one compiled call (`_level`) when
+    `one_call` and the weights allow it (`FusedWeights.level`), else torch's products with
+    the row kernels between them."""
     rows, d = x.shape
     k, chunks = split(k, rows, rows)
+    codes, parent, width = _NO_STEP if step is None else step
+    table, pos = w.tokens[t - 1] if step is not None else w.no_tokens
     if one_call and w.level is not None:
         weight = w.level_heads[t][0]
         logp = np.empty((rows, weight.shape[0]), dtype=F32)
-        k.level(x, t, beams, anc, mask, tuple(kv),
-                (tuple(m for m, _ in memory), tuple(v for _, v in memory)), w.level,
-                w.level_heads[t], logp, chunks)
+        status = k.level(x, t, beams, anc, mask, kv, memory, w.level, w.level_heads[t], logp,
+                         chunks, codes, parent, width, table, pos)
+        if status:
+            _refuse(status, codes, parent, width, len(table), t - 1)
         return logp
+    if step is not None:
+        status = next_level(codes, parent, width, table, pos, anc, t, x)
+        if status:
+            _refuse(status, codes, parent, width, len(table), t - 1)
     with torch.inference_mode():
         return _torch_level(k, w, kv, anc, memory, mask, x, t, beams, chunks)
 
 
-def _torch_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.ndarray,
-                 memory: list[tuple[np.ndarray, np.ndarray]], mask: np.ndarray,
+_NO_STEP = (np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0), dtype=np.int64), 0)
+
+
+def _refuse(status: int, codes: np.ndarray, parent: np.ndarray, width: int, size: int,
+            level: int) -> None:
+    """The error for `next_level`'s status (1: a parent, 2: a code out of range)."""
+    if status == 1:
+        raise ValueError(f"parent values must be in 0..{width - 1} (the live beams), got "
+                         f"{int(parent.min())}..{int(parent.max())}")
+    raise IndexError(f"codes of level {level} must be in 0..{size - 1}, got "
+                     f"{int(codes.min())}..{int(codes.max())}")
+
+
+def _torch_level(k: RowKernels, w: FusedWeights, kv: tuple[np.ndarray, ...], anc: np.ndarray,
+                 memory: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]], mask: np.ndarray,
                  xn: np.ndarray, t: int, beams: int, chunks: int) -> np.ndarray:
     """`run_level` with torch's products and the row kernels between them."""
     rows, d = xn.shape
@@ -861,7 +916,7 @@ def _torch_level(k: RowKernels, w: FusedWeights, kv: list[np.ndarray], anc: np.n
     for i, b in enumerate(w.blocks):
         k.self_attn(torch.mm(h, b["qkv"]).numpy(), b["qkv_b"], kv[i], anc, t, yn, chunks)
         add_ln(xn, torch.mm(y, b["self_out"]).numpy(), b["self_out_b"], True, b["ln_cross"], hn)
-        mem_k, mem_v = memory[i]
+        mem_k, mem_v = memory[0][i], memory[1][i]
         k.cross_attn(torch.mm(h, b["cross_q"]).numpy(), b["cross_q_b"], mem_k, mem_v, mask,
                      beams, yn, chunks)
         add_ln(xn, torch.mm(y, b["cross_out"]).numpy(), b["cross_out_b"], True, b["ln_mlp"], hn)

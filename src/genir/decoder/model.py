@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genir.decoder.fused import FusedWeights, fusable, next_level, row_kernels, run_level, split
+from genir.decoder.fused import FusedWeights, fusable, row_kernels, run_level, split
 
 # T5-small's decoder shape (6 layers, d 512, 8 heads, MLP 2,048 = 4 d) fed GENIUS's 30
 # prefix vectors: the size issue 6 compares the default against (DecoderConfig fields)
@@ -152,6 +152,8 @@ class CodeDecoder(nn.Module):
         # decoding_weights' cache: (parameter versions, weights)
         self._decoding: tuple[tuple, list[tuple[torch.Tensor, ...]]] | None = None
         self._fused: tuple[tuple, FusedWeights | None] | None = None  # fused_weights' cache
+        # (registrations when listed, parameters, their ids): see _parameter_state
+        self._params_listed: tuple[int, tuple[nn.Parameter, ...], tuple[int, ...]] | None = None
         self.compiled_decoding = False  # see compile_decoding
         self.fused_decoding = True      # see fuse_decoding
         self.fused_parallel = True      # see fuse_decoding
@@ -164,7 +166,7 @@ class CodeDecoder(nn.Module):
         must not be moved (their cache key, parameter ids and addresses, could match again
         once the original is freed)."""
         state = super().__getstate__()
-        return {**state, "_decoding": None, "_fused": None}
+        return {**state, "_decoding": None, "_fused": None, "_params_listed": None}
 
     def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
@@ -254,7 +256,7 @@ class CodeDecoder(nn.Module):
         decoder, against 0.65 ms for the rest, which a search every training step (AVG's
         discriminative loss) would pay each step."""
         packs = getattr(self, "fused_pack", True) and getattr(self, "fused_one_call", True)
-        key = (packs, *_parameter_state(self, []))
+        key = (packs, *_parameter_state(self))
         if self._fused is None or self._fused[0] != key:
             ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
                      for p in self.parameters())
@@ -307,16 +309,47 @@ class CodeDecoder(nn.Module):
         return self._decoding[1]
 
 
-def _parameter_state(module: nn.Module, out: list) -> list:
-    """(parameter, version, data pointer) of every parameter under `module`, appended to
-    `out`: `fused_weights`' cache key. A plain walk of the module dicts: `parameters()`'s
-    generators took 215 us a call, 2% of a batch-32 search with the default decoder."""
-    for p in module._parameters.values():
-        if p is not None:
-            out += (id(p), p._version, p.data_ptr())
+# parameters and modules registered so far, anywhere in the process (assigned as attributes,
+# added to containers, register_parameter / add_module, load_state_dict(assign=True)):
+# torch's global registration hooks count them, so `_parameter_state` lists a model's
+# parameters again only after one
+_REGISTRATIONS = [0]
+
+
+def _count_registration(*_: object) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+nn.modules.module.register_module_module_registration_hook(_count_registration)
+
+
+def _parameter_state(model: CodeDecoder) -> tuple:
+    """`fused_weights`' cache key: the parameters under `model` (their ids, as a tuple made
+    when they were listed), then each one's version and data pointer (bumped by in-place
+    updates such as training and load_state_dict; new data, as `.to` gives). The list is
+    kept until a registration anywhere (`_REGISTRATIONS`), then walked again and kept as it
+    was if nothing under the model changed. The walk took 34 us warm and 90-170 us in a
+    batch-32 search (1.5-3% of it; `parameters()`'s generators 215 us); the versions and
+    pointers take ~12 us. Not seen: a parameter or module deleted or set to None, or
+    written into `_parameters` / `_modules` directly."""
+    listed = getattr(model, "_params_listed", None)
+    if listed is None or listed[0] != _REGISTRATIONS[0]:
+        params = tuple(_parameters(model, []))
+        ids = tuple(map(id, params))
+        if listed is not None and listed[2] == ids:
+            ids = listed[2]
+        listed = model._params_listed = (_REGISTRATIONS[0], params, ids)
+    return (listed[2], *[x for p in listed[1] for x in (p._version, p.data_ptr())])
+
+
+def _parameters(module: nn.Module, out: list) -> list:
+    """The parameters under `module`, appended to `out` in `parameters()`'s order (a plain
+    walk of the module dicts, a fraction of the generators' time)."""
+    out += [p for p in module._parameters.values() if p is not None]
     for child in module._modules.values():
         if child is not None:
-            _parameter_state(child, out)
+            _parameters(child, out)
     return out
 
 
@@ -408,19 +441,20 @@ class FusedSession(DecoderSession):
             kernels, chunks = split(self.kernels, q * n_mem, q)
             kernels.memory(np.ascontiguousarray(query.numpy()), w.memory, keys, values, chunks)
             self.mask = np.ones((q, n_mem), dtype=np.bool_)
-            self.memory = list(zip(keys, values, strict=True))
         else:
             mem, mask = model.memory(query)
             self.mask = (np.ones((q, mem.shape[1]), dtype=np.bool_) if mask is None
                          else mask.numpy())
-            self.memory = [tuple(t.contiguous().numpy()
-                                 for t in blk.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
-                           for blk in model.blocks]
+            pairs = [tuple(t.contiguous().numpy()
+                           for t in blk.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
+                     for blk in model.blocks]
+            keys, values = tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+        self.memory = (keys, values)   # per block
         hd2 = 2 * (cfg.d_model // cfg.num_heads)
         # per block, each level's keys | values where they were written: (levels, rows, H, 2 hd);
         # anc[p, r]: the row of level p that row r's beam descends from
-        self.kv = [np.empty((cfg.num_levels, q, cfg.num_heads, hd2), dtype=np.float32)
-                   for _ in model.blocks]
+        self.kv = tuple(np.empty((cfg.num_levels, q, cfg.num_heads, hd2), dtype=np.float32)
+                        for _ in model.blocks)
         self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
         self.anc[0] = np.arange(q)
         x = np.repeat(w.start[None], q, 0)   # (torch's expand + add + copy: 80-100 us a batch)
@@ -463,23 +497,17 @@ class FusedSession(DecoderSession):
             anc = np.zeros((self.anc.shape[0], n), dtype=np.int64)
             anc[:t, :self.anc.shape[1]] = self.anc[:t]
             self.anc = anc
-            for i, old in enumerate(self.kv):
+            grown = []
+            for old in self.kv:
                 kv = np.empty((old.shape[0], n, *old.shape[2:]), dtype=np.float32)
                 kv[:t, :old.shape[1]] = old[:t]
-                self.kv[i] = kv
-        table, pos = self.weights_fused.tokens[level]
-        x = np.empty((n, table.shape[1]), dtype=np.float32)
-        status = next_level(np.ascontiguousarray(codes, dtype=np.int64),
-                            np.ascontiguousarray(parent, dtype=np.int64), width, table, pos,
-                            self.anc, t, x)
-        if status == 1:
-            raise ValueError(f"parent values must be in 0..{width - 1} (the live beams), got "
-                             f"{int(parent.min())}..{int(parent.max())}")
-        if status == 2:
-            raise IndexError(f"codes of level {level} must be in 0..{len(table) - 1}, got "
-                             f"{int(codes.min())}..{int(codes.max())}")
+                grown.append(kv)
+            self.kv = tuple(grown)
+        x = np.empty((n, self.weights_fused.start.shape[0]), dtype=np.float32)
+        step = (np.ascontiguousarray(codes, dtype=np.int64),
+                np.ascontiguousarray(parent, dtype=np.int64), width)
         self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
-                              self.mask, x, t, beams, self.one_call)
+                              self.mask, x, t, beams, self.one_call, step)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
