@@ -400,6 +400,32 @@ def test_level_in_one_call_splits_rows_like_the_kernels():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=3e-6)
 
 
+def _row_sum(a):  # type: ignore[no-untyped-def]
+    total = np.float32(0.0)
+    for v in a:
+        total += v
+    return total
+
+
+def _wide_row_sum(a):  # type: ignore[no-untyped-def]
+    fused._wide_vectors()
+    total = np.float32(0.0)
+    for v in a:
+        total += v
+    return total
+
+
+def test_wide_vectors_marks_the_function_that_calls_it():
+    """`_wide_vectors` (first in every fused kernel) leaves LLVM's attribute for 512-bit
+    vectors on the function that calls it, and on no other; what it computes is unchanged.
+    (Fails if llvmlite's attribute set changes shape: the kernels would not compile.)"""
+    wide, plain = numba.njit(_wide_row_sum), numba.njit(_row_sum)
+    a = np.arange(100, dtype=np.float32)
+    assert wide(a) == plain(a) == 4950
+    assert '"prefer-vector-width"="512"' in wide.inspect_llvm(wide.signatures[0])
+    assert "prefer-vector-width" not in plain.inspect_llvm(plain.signatures[0])
+
+
 def test_bias_gelu_kernel_equals_torch():
     """The MLP's bias + GELU kernel (a rational erf) against torch's exact GELU, serial and
     split into chunks: within 2e-6 over [-10, 10] and on random rows; NaN stays NaN."""
