@@ -637,10 +637,15 @@ def test_fast_beam_search_equals_slow_reference(seed, beam, kind):
 
 
 class TableSession:
-    """A fake decoder: fixed log-probs per level and beam row, (Q * width, K) at each level."""
+    """A fake decoder: fixed log-probs per level and beam row, (Q * width, K) at each level;
+    `threads` > 1: the search's steps split the queries over that many chunks (as with the
+    fused session's threads)."""
 
-    def __init__(self, logps: list[np.ndarray], num_queries: int) -> None:
+    def __init__(self, logps: list[np.ndarray], num_queries: int, threads: int = 1) -> None:
         self.logps, self.q, self.width, self.fed = logps, num_queries, 1, []
+        self.threads = threads
+        if threads > 1:
+            fused.row_kernels(True)     # numba's threads started as a fused session does
 
     def log_probs(self, level: int) -> torch.Tensor:
         return torch.from_numpy(self.logps[level][:self.q * self.width])
@@ -683,10 +688,12 @@ def naive_beam(logps, unique_ids, num_queries, beam):
     (3, 4, True, None, False), (4, 9, True, None, False), (5, 30, True, None, False),
     (6, 10, False, 6, False),     # more beams than IDs: dead rows inside the search, -1 pads
     (7, 5, False, None, True), (8, 12, True, 9, True)])   # some codes at -inf
-def test_search_step_equals_the_search_spelled_out(seed, beam, ties, num_ids, masked):
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_search_step_equals_the_search_spelled_out(seed, beam, ties, num_ids, masked, threads):
     """Random tries (some with complete levels), random log-probs or coarse ones full of
     ties: the compiled per-level step keeps exactly the naive search's beams, in order,
-    and feeds the decoder exactly those beams' codes and parents."""
+    and feeds the decoder exactly those beams' codes and parents; also with the queries
+    split into chunks (`_best_children_parallel`, from 32 rows a level: beams >= 7 here)."""
     rng = np.random.default_rng(seed)
     sizes = (3, 4, 5) if seed % 2 else (6, 2, 4)
     codes = rng.integers(sizes, size=(num_ids or int(rng.integers(5, 60)), 3))
@@ -701,7 +708,7 @@ def test_search_step_equals_the_search_spelled_out(seed, beam, ties, num_ids, ma
     if masked:
         for lp in logps:
             lp[rng.random(lp.shape) < 0.3] = -np.inf
-    session = TableSession(logps, q)
+    session = TableSession(logps, q, threads)
     leaves, scores = constrained_beam_search(session, trie, num_queries=q, beam_size=beam)
     assert leaves.shape == scores.shape == (q, beam)
     for row, (ref, prefixes) in enumerate(naive_beam(logps, unique, q, beam)):
@@ -745,6 +752,19 @@ def test_nan_log_probs_are_refused():
     out = _best_children(lp, np.array([[0.0, -5.0]], np.float32), np.array([[0, 1]]),
                          np.zeros(2, np.int64), np.zeros(1, np.int64), True, 2)
     assert out[4] and out[1].tolist() == [[4.0, 3.0]]
+    # split over queries: the NaN is reported from whichever chunk met it
+    from genir.search.beam import _best_children_parallel
+
+    fused.row_kernels(True)
+    lp3 = np.concatenate([np.zeros_like(lp), np.zeros_like(lp), lp])
+    args = (np.tile(np.array([[0.0, -5.0]], np.float32), (3, 1)), np.tile([[0, 1]], (3, 1)),
+            np.zeros(2, np.int64), np.zeros(1, np.int64), True, 2)
+    for chunks in (2, 3):
+        split = _best_children_parallel(lp3, *args, chunks)
+        whole = _best_children(lp3, *args)
+        assert split[4] and whole[4]
+        for a, b in zip(split[:4], whole[:4], strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_decoder_scoring_fewer_codes_than_the_trie_holds_is_refused():

@@ -332,26 +332,40 @@ def next_level(codes, parent, width, table, pos, anc, t, x):  # type: ignore[no-
     parent is outside 0..width - 1, 2 if a code is outside the table (nothing written then),
     else 0."""
     _wide_vectors()  # type: ignore[call-arg]
+    status = _step_status(codes, parent, width, table.shape[0])
+    if status == 0:
+        _step_rows(codes, parent, width, table, pos, anc[:t, :].copy(), anc, t, x, 0, codes.size)
+    return status
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _step_status(codes, parent, width, size):  # type: ignore[no-untyped-def]
+    """`next_level`'s check: 1 if a parent is outside 0..width - 1, 2 if a code is outside
+    0..size - 1, else 0."""
     nq, beams = codes.shape
     for i in range(nq):
         for b in range(beams):
             if not 0 <= parent[i, b] < width:
                 return 1
-            if not 0 <= codes[i, b] < table.shape[0]:
+            if not 0 <= codes[i, b] < size:
                 return 2
-    old = anc[:t, :].copy()
-    d = x.shape[1]
-    for i in range(nq):
-        for b in range(beams):
-            r = i * beams + b
-            src = i * width + parent[i, b]
-            for p in range(t):
-                anc[p, r] = old[p, src]
-            anc[t, r] = r
-            c = codes[i, b]
-            for j in range(d):
-                x[r, j] = table[c, j] + pos[j]
     return 0
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _step_rows(codes, parent, width, table, pos, old, anc, t, x, lo, hi):  # type: ignore[no-untyped-def]
+    """`next_level` on rows lo..hi - 1, old: anc[:t] as it was before."""
+    _wide_vectors()  # type: ignore[call-arg]
+    beams, d = codes.shape[1], x.shape[1]
+    for r in range(lo, hi):
+        i, b = r // beams, r % beams
+        src = i * width + parent[i, b]
+        for p in range(t):
+            anc[p, r] = old[p, src]
+        anc[t, r] = r
+        c = codes[i, b]
+        for j in range(d):
+            x[r, j] = table[c, j] + pos[j]
 
 
 def _find_mkl() -> bool:
@@ -548,11 +562,15 @@ def _level_rows(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type
 
 def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ignore[no-untyped-def]
            chunks, codes, parent, width, table, pos):
-    """`run_level` in one call: first, unless width is 0, level t's rows from the codes
-    chosen at level t - 1 (`next_level`; its status returned, nothing computed, if it
-    refuses them: else 0), then each chunk of rows (one per thread) goes through every block
+    """`run_level` in one call: each chunk of rows (one per thread) goes through every block
     and the head on its own (`_level_rows`), MKL's sgemm on that thread for the products (a
     level's rows are independent: a row reads earlier levels' keys/values and its own).
+    Unless width is 0, the chunk first writes its rows from the codes chosen at level t - 1
+    (`next_level`'s, checked before anything is written: a refusal returns its status;
+    else 0), so that the thread that reads them wrote them. Chunks are whole queries where
+    there are as many queries as chunks: a query's rows, its beams' keys/values at every
+    level and its log-probabilities (which the beam search's step reads on the same thread,
+    `genir.search.beam`) stay with one thread.
     memory: (keys, values) per block; weights: `FusedWeights.level` (w_*: (out, in) as
     torch stores them, per block in tuples; b_*: biases stacked; ln_g, ln_b (blocks, 4, d),
     ln_eps (blocks, 4): the self, cross, MLP and next layer norms); head: (weight, bias) of
@@ -560,11 +578,12 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
     The chunk's work is its own compiled function, shared by the serial and parallel
     variants."""
     _wide_vectors()  # type: ignore[call-arg]
-    if width:
-        status = next_level(codes, parent, width, table, pos, anc, t, x)
-        if status:
-            return status
+    status = _step_status(codes, parent, width, table.shape[0]) if width else 0
+    if status:
+        return status
+    old = anc[:t if width else 0, :].copy()
     rows, d = x.shape
+    nq = rows // beams
     mem_k, mem_v = memory       # (a parallel loop takes tuples of arrays, not nested ones)
     (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross, b_fc1, b_fc2,
      ln_g, ln_b, ln_eps, p_qkv, p_self, p_cq, p_cross, p_fc1, p_fc2) = weights
@@ -575,12 +594,24 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
     qkv = np.empty((rows, 3 * d), np.float32)
     f = np.empty((rows, w_fc1[0].shape[0]), np.float32)
     for c in prange(chunks):
+        lo, hi = _chunk(c, chunks, nq, beams)
+        if width:
+            _step_rows(codes, parent, width, table, pos, old, anc, t, x, lo, hi)
         _level_rows(x, t, beams, anc, mask, kv, (mem_k, mem_v),
                     (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross,
                      b_fc1, b_fc2, ln_g, ln_b, ln_eps, p_qkv, p_self, p_cq, p_cross, p_fc1,
                      p_fc2), (head_w, head_b, head_p), logp,
-                    (h, y, o, qkv, f), c * rows // chunks, (c + 1) * rows // chunks, chunks > 1)
+                    (h, y, o, qkv, f), lo, hi, chunks > 1)
     return 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _chunk(c, chunks, nq, beams):  # type: ignore[no-untyped-def]
+    """Rows lo..hi - 1 of chunk c of nq queries x beams rows: whole queries when there are
+    at least as many queries as chunks, else an even share of the rows."""
+    if nq >= chunks:
+        return (c * nq // chunks) * beams, ((c + 1) * nq // chunks) * beams
+    return c * nq * beams // chunks, (c + 1) * nq * beams // chunks
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)

@@ -422,6 +422,7 @@ class FusedSession(DecoderSession):
         self.weights_fused = weights
         # (a model pickled whole before the setting existed has no attribute: parallel)
         self.kernels = row_kernels(getattr(model, "fused_parallel", True))
+        self.threads = self.kernels.threads   # the beam search splits its steps as the levels
         self.one_call = getattr(model, "fused_one_call", True)
         with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
             self._start(model, query)
