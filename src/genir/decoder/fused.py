@@ -40,9 +40,9 @@ thread or the model asks otherwise (`CodeDecoder.fuse_decoding(parallel=False)`)
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
-(docs/benchmarks.md): 1.66-2.05x the torch session's queries/s at batch 32, of which
-1.06-1.45x from a level in one call (over torch's products with the row kernels between
-them); the loops on two threads 1.32-1.66x the row kernels on one; 2.24-3.21x at batch 1 (where levels of
+(docs/benchmarks.md): 1.66-2.13x the torch session's queries/s at batch 32, of which
+1.06-1.50x from a level in one call (over torch's products with the row kernels between
+them); the loops on two threads 1.32-1.66x the row kernels on one; 2.24-3.49x at batch 1 (where levels of
 fewer than 32 rows run serial). Used by `CodeDecoder.session` for inference on CPU in
 float32 (autograd off, eval mode, not compiled); everything else takes the torch session.
 The functions compile once per install into numba's cache (34 s for a first batch-32
@@ -231,7 +231,7 @@ def _cross_attn_rows(hc, bias, mem_k, mem_v, mask, beams, y, lo, hi, s,  # type:
     `_self_attn_rows`; padding scores are -inf and their weights exactly 0. Arrays are
     indexed in place, not through views of rows (`mem_k[qi, h, n]`): here those views kept
     their reference counting (NRT's atomic increments and decrements, which numba prunes
-    from `_self_attn_rows`), which made the kernel 2.2x as slow on one thread."""
+    from `_self_attn_rows`), which made the kernel 2.0-2.4x as slow on one thread."""
     _wide_vectors()  # type: ignore[call-arg]
     d = hc.shape[1]
     heads, n_mem, hd = mem_k.shape[1], mem_k.shape[2], mem_k.shape[3]
