@@ -5,7 +5,9 @@ the best `beam_size` of (beams x children) per query become the next beams. That
 one compiled loop (`_best_children`, numba): per query it walks each live beam's CSR slice
 of the trie, adds the beam's score to the log-probability of each child's code, and keeps
 the best candidates in a small heap; no vocabulary-wide mask, no per-beam Python callback,
-no (beams x max fan-out) padded tensors. The model side is any `DecodingSession`: it
+no (beams x max fan-out) padded tensors; with a session whose levels run on several
+threads (`FusedSession.threads`), the queries split over them as the session splits its
+rows (`_best_children_parallel`). The model side is any `DecodingSession`: it
 scores the next level and advances its caches by the chosen beams. The search returns leaf
 ids (= `IDTable` rows), never an invalid ID; slots with no valid ID left are -1 with
 score -inf.
