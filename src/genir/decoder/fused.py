@@ -40,7 +40,7 @@ thread or the model asks otherwise (`CodeDecoder.fuse_decoding(parallel=False)`)
 Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
-(docs/benchmarks.md): 1.66-2.13x the torch session's queries/s at batch 32, of which
+(docs/benchmarks.md): 1.66-2.21x the torch session's queries/s at batch 32, of which
 1.06-1.50x from a level in one call (over torch's products with the row kernels between
 them); the loops on two threads 1.32-1.66x the row kernels on one; 2.24-3.49x at batch 1 (where levels of
 fewer than 32 rows run serial). Used by `CodeDecoder.session` for inference on CPU in

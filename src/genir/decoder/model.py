@@ -223,7 +223,7 @@ class CodeDecoder(nn.Module):
     def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None,
                       one_call: bool | None = None, pack: bool | None = None) -> CodeDecoder:
         """Whether inference sessions on CPU may take the fused path (`genir.decoder.fused`;
-        on by default): with the default decoder 1.66-2.13x the queries/s of the torch
+        on by default): with the default decoder 1.66-2.21x the queries/s of the torch
         session at batch 32 (timed in pairs, docs/benchmarks.md). Off: always the torch
         session. `parallel`: its compiled loops split the rows over torch's threads
         (`genir.decoder.fused.row_kernels`, the default); False keeps them on the calling
