@@ -152,7 +152,7 @@ def test_cached_decoding_weights_follow_in_place_updates():
     must not leave later sessions on stale weights, and weights first made under
     inference mode must still serve a session with autograd on."""
     model = tiny_decoder(seed=4)
-    spare = torch.nn.LayerNorm(16)      # made before any weights: only its assignment tells
+    spare = torch.nn.LayerNorm(16)      # made before any weights, assigned after them
     with torch.no_grad():
         spare.weight.fill_(2.0)
     queries = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
@@ -177,14 +177,29 @@ def test_cached_decoding_weights_follow_in_place_updates():
         model.ln_f.bias.fill_(0.5)
     for kind in SESSIONS:
         assert_session_matches_teacher_forcing(model, queries, kind)
-    # modules made elsewhere (registrations the cache key counts) leave the weights as they
-    # are; new data (as `.to` gives: no version bump, new pointers) is seen
+    # modules made elsewhere leave the weights as they are; new data (as `.to` gives: no
+    # version bump, new pointers) is seen
     model.fused_weights()
     weights = model.fused_weights()     # (packed: the second request)
     torch.nn.Sequential(torch.nn.Linear(2, 2))
     assert model.fused_weights() is weights
     model.to(torch.float64).to(torch.float32)
     assert model.fused_weights() is not weights
+    # parameters replaced by writing the module dicts directly (no registration hook fires): as
+    # `.to` does with torch's overwrite-on-conversion setting, then changed in place
+    model.fused_weights()
+    weights = model.fused_weights()
+    overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        model.to(torch.float64).to(torch.float32)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    with torch.no_grad():
+        model.heads[0].weight.mul_(-1.0)
+    assert model.fused_weights() is not weights
+    for kind in SESSIONS:
+        assert_session_matches_teacher_forcing(model, queries, kind)
     model.ln_f = spare
     for kind in SESSIONS:
         assert_session_matches_teacher_forcing(model, queries, kind)
@@ -874,8 +889,9 @@ def test_session_refuses_levels_out_of_order():
 
 def test_fused_session_refuses_what_its_kernels_cannot_check():
     """The fused kernels read and write without bounds checks: a parent outside the live
-    beams, a code outside the level's table and an advance past the last level are refused
-    before the session changes, and the session still decodes correctly afterwards."""
+    beams, a code outside the level's table, another number of queries and an advance past
+    the last level are refused before the session changes, and the session still decodes
+    correctly afterwards."""
     model = tiny_decoder()
     queries = torch.randn(2, 6)
     ref = make_session(model, queries, "torch")
@@ -885,6 +901,9 @@ def test_fused_session_refuses_what_its_kernels_cannot_check():
         session.advance(0, zeros, zeros + 1)               # width is 1 at level 0
     with pytest.raises(IndexError):
         session.advance(0, zeros + 4, zeros)               # level 0 has codes 0..3
+    with pytest.raises(ValueError, match="Q = 2"):        # another number of queries
+        session.advance(0, torch.zeros(3, 2, dtype=torch.int64),
+                        torch.zeros(3, 2, dtype=torch.int64))
     codes = torch.tensor([[1, 2, 0], [2, 0, 1]])            # valid at levels 0 and 1
     for level in (0, 1):
         parent = zeros if level == 0 else torch.tensor([[2, 0, 0], [1, 1, 2]])

@@ -96,10 +96,13 @@ def _wide_vectors(typingctx):  # type: ignore[no-untyped-def]
     """Asks LLVM to vectorise the calling function with 512-bit vectors where the CPU has
     them (the function attribute "prefer-vector-width"="512"; LLVM prefers 256 bits on
     AVX-512 CPUs, for the clock drop some of them take on wide vectors, which MKL's
-    products take anyway). In alternating pairs here (Xeon, AVX-512) a level with every
-    kernel so compiled ran 1.01-1.04x as fast (beam 10 and 30); the GELU loop 1.5x. Where
-    vectors are narrower the attribute changes nothing. (llvmlite's attribute set takes
-    no quoted attributes: written past its check.)"""
+    products take anyway). In alternating pairs here (Xeon, AVX-512) a level with its
+    kernels so compiled ran 1.01-1.04x as fast (beam 10 and 30); the GELU loop 1.5x. The
+    body of a `prange` loop is outlined by numba into a function of its own, which does not
+    carry the attribute: the per-chunk functions it calls (`_level_rows`, ...) do, the
+    inlined `_ln_row` of the parallel `_add_ln` does not. Where vectors are narrower the
+    attribute changes nothing. (llvmlite's attribute set takes no quoted attributes:
+    written past its check.)"""
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         set.add(builder.function.attributes, '"prefer-vector-width"="512"')
         return context.get_dummy_value()
@@ -125,9 +128,9 @@ def _exp(x):  # type: ignore[no-untyped-def]
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
 def _ln_row(x, o, bias, add, gamma, beta, eps, out, r):  # type: ignore[no-untyped-def]
     """out[r] = LayerNorm(x[r]); with `add`, first x[r] += o[r] + bias (in place). Rows
-    are indexed in place, never taken as views (`x[r]`), here and in every row kernel: a
-    view costs an atomic increment and decrement of its array's reference count (numba's
-    NRT), which the threads of a parallel level contend for (see `_cross_attn_rows`)."""
+    are indexed in place, not taken as views (`x[r]`): a view whose reference counting
+    numba does not prune costs an atomic increment and decrement of its array's count
+    (NRT) per row (see `_cross_attn_rows`; `_self_attn_rows` keeps its views, pruned)."""
     d = x.shape[1]
     inv_d = F32(1.0) / F32(d)
     total = F32(0.0)
@@ -327,7 +330,8 @@ def _bias_gelu(f, bias, chunks):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
 def next_level(codes, parent, width, table, pos, anc, t, x):  # type: ignore[no-untyped-def]
-    """Level t's rows from the codes chosen at level t - 1, in one pass: row r = q * beams + b
+    """Level t's rows from the codes chosen at level t - 1 (a check, then the rows): row
+    r = q * beams + b
     continues row q * width + parent[q, b] (its ancestors at levels < t are that beam's, at
     level t it is itself) and its token is x[r] = table[codes[q, b]] + pos. Returns 1 if a
     parent is outside 0..width - 1, 2 if a code is outside the table (nothing written then),
@@ -569,7 +573,7 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
     Unless width is 0, the chunk first writes its rows from the codes chosen at level t - 1
     (`next_level`'s, checked before anything is written: a refusal returns its status;
     else 0), so that the thread that reads them wrote them. Chunks are whole queries where
-    there are as many queries as chunks: a query's rows, its beams' keys/values at every
+    there are at least as many queries as chunks: a query's rows, its beams' keys/values at every
     level and its log-probabilities (which the beam search's step reads on the same thread,
     `genir.search.beam`) stay with one thread.
     memory: (keys, values) per block; weights: `FusedWeights.level` (w_*: (out, in) as

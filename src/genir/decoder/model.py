@@ -152,8 +152,6 @@ class CodeDecoder(nn.Module):
         # decoding_weights' cache: (parameter versions, weights)
         self._decoding: tuple[tuple, list[tuple[torch.Tensor, ...]]] | None = None
         self._fused: tuple[tuple, FusedWeights | None] | None = None  # fused_weights' cache
-        # (registrations when listed, parameters, their ids): see _parameter_state
-        self._params_listed: tuple[int, tuple[nn.Parameter, ...], tuple[int, ...]] | None = None
         self.compiled_decoding = False  # see compile_decoding
         self.fused_decoding = True      # see fuse_decoding
         self.fused_parallel = True      # see fuse_decoding
@@ -166,7 +164,7 @@ class CodeDecoder(nn.Module):
         must not be moved (their cache key, parameter ids and addresses, could match again
         once the original is freed)."""
         state = super().__getstate__()
-        return {**state, "_decoding": None, "_fused": None, "_params_listed": None}
+        return {**state, "_decoding": None, "_fused": None}
 
     def memory(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, query_dim) -> memory (B, N, d_model) and its mask (B, N) (None: no padding);
@@ -256,7 +254,7 @@ class CodeDecoder(nn.Module):
         decoder, against 0.65 ms for the rest, which a search every training step (AVG's
         discriminative loss) would pay each step."""
         packs = getattr(self, "fused_pack", True) and getattr(self, "fused_one_call", True)
-        key = (packs, *_parameter_state(self))
+        key = (packs, *_parameter_state(self, []))
         if self._fused is None or self._fused[0] != key:
             ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
                      for p in self.parameters())
@@ -309,47 +307,20 @@ class CodeDecoder(nn.Module):
         return self._decoding[1]
 
 
-# parameters and modules registered so far, anywhere in the process (assigned as attributes,
-# added to containers, register_parameter / add_module, load_state_dict(assign=True)):
-# torch's global registration hooks count them, so `_parameter_state` lists a model's
-# parameters again only after one
-_REGISTRATIONS = [0]
-
-
-def _count_registration(*_: object) -> None:
-    _REGISTRATIONS[0] += 1
-
-
-nn.modules.module.register_module_parameter_registration_hook(_count_registration)
-nn.modules.module.register_module_module_registration_hook(_count_registration)
-
-
-def _parameter_state(model: CodeDecoder) -> tuple:
-    """`fused_weights`' cache key: the parameters under `model` (their ids, as a tuple made
-    when they were listed), then each one's version and data pointer (bumped by in-place
-    updates such as training and load_state_dict; new data, as `.to` gives). The list is
-    kept until a registration anywhere (`_REGISTRATIONS`), then walked again and kept as it
-    was if nothing under the model changed. The walk took 34 us warm and 90-170 us in a
-    batch-32 search (1.5-3% of it; `parameters()`'s generators 215 us); the versions and
-    pointers take ~12 us. Not seen: a parameter or module deleted or set to None, or
-    written into `_parameters` / `_modules` directly."""
-    listed = getattr(model, "_params_listed", None)
-    if listed is None or listed[0] != _REGISTRATIONS[0]:
-        params = tuple(_parameters(model, []))
-        ids = tuple(map(id, params))
-        if listed is not None and listed[2] == ids:
-            ids = listed[2]
-        listed = model._params_listed = (_REGISTRATIONS[0], params, ids)
-    return (listed[2], *[x for p in listed[1] for x in (p._version, p.data_ptr())])
-
-
-def _parameters(module: nn.Module, out: list) -> list:
-    """The parameters under `module`, appended to `out` in `parameters()`'s order (a plain
-    walk of the module dicts, a fraction of the generators' time)."""
-    out += [p for p in module._parameters.values() if p is not None]
+def _parameter_state(module: nn.Module, out: list) -> list:
+    """(parameter, version, data pointer) of every parameter under `module`, appended to
+    `out`: `fused_weights`' cache key. A plain walk of the module dicts: `parameters()`'s
+    generators took 215 us a call, 2% of a batch-32 search with the default decoder. (Tried:
+    keeping the list and walking again only after torch's global registration hooks fired,
+    2x faster, but blind to the module dicts written directly, as `.to` does with torch's
+    overwrite-on-conversion setting or `ModuleList.insert`; checking every dict entry
+    instead left it 1.25-1.34x faster than this walk: not worth its 40 lines.)"""
+    for p in module._parameters.values():
+        if p is not None:
+            out += (id(p), p._version, p.data_ptr())
     for child in module._modules.values():
         if child is not None:
-            _parameters(child, out)
+            _parameter_state(child, out)
     return out
 
 
@@ -487,6 +458,9 @@ class FusedSession(DecoderSession):
         # the kernels do not bounds-check: what the torch session would fail on is refused
         # before anything the session decodes from changes
         q, beams = codes.shape
+        if q != self.num_queries:   # (the kernels would read other queries' memory)
+            raise ValueError(f"codes must be (Q, beams) with Q = {self.num_queries} (the "
+                             f"session's queries), got {tuple(codes.shape)}")
         width = self.logp.shape[0] // q
         if level + 1 >= self.model.config.num_levels:
             raise ValueError(f"level {level} is the last: there is no next code to score")

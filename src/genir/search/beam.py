@@ -74,6 +74,7 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
     # a session that gives and takes numpy arrays (`FusedSession`) skips the conversions
     arrays = cast(ArraySession, session) if getattr(session, "numpy_steps", False) else None
     # a session whose levels run on several threads splits the step's queries the same way
+    # (`threads` > 1 promises numba's threads were started safely: `fused.row_kernels`)
     threads = getattr(session, "threads", 1)
     for level in range(trie.num_levels):
         width = node.shape[1]
@@ -131,10 +132,12 @@ def _best_children(logp, score, node, starts, codes, dense, width):  # type: ign
 def _best_children_parallel(logp, score, node, starts, codes, dense, width,  # type: ignore[no-untyped-def]
                             chunks):
     """`_best_children` with the queries split into `chunks` (one per thread), as the fused
-    decoder splits a level's rows (`genir.decoder.fused._chunk`, whole queries): each thread
-    reads the log-probabilities it wrote, where one thread reading them all read half of
-    them from the other core's cache (with 2 threads, the step took 0.79x its time at beam
-    10 and 0.68x at beam 30, N = 1M, batch 32)."""
+    decoder splits a level's rows when it has at least as many queries as chunks
+    (`genir.decoder.fused._chunk`): with numba's static split of both parallel loops (its
+    omp layer here), each thread reads the log-probabilities it wrote, where one thread
+    reading them all read half of them from the other core's cache (with 2 threads, the
+    step took 0.79x its time at beam 10 and 0.68x at beam 30, N = 1M, batch 32). Results
+    do not depend on which thread takes which chunk."""
     num_q = logp.shape[0]
     outs = _best_outputs(num_q, width, codes, dense)
     out_node, out_score, out_parent, out_code = outs   # (not nested in the loop)
