@@ -55,13 +55,16 @@ from genir.search import beam as beam_mod
 
 class TimedSession:
     """Wraps a DecoderSession; adds the seconds spent inside it to `clock['model']`. Passes
-    the array calls of a session with `numpy_steps` through, and its `threads`, so the
+    the array calls of a session with `numpy_steps` through, and its `step_chunks`, so the
     search keeps its path."""
 
     def __init__(self, inner, clock: dict[str, float]) -> None:
         self.inner, self.clock = inner, clock
         self.numpy_steps = getattr(inner, "numpy_steps", False)
-        self.threads = getattr(inner, "threads", 1)
+
+    @property
+    def step_chunks(self) -> int:   # (changes with each level)
+        return getattr(self.inner, "step_chunks", 1)
 
     def _timed(self, method: str, *args):
         t0 = time.perf_counter()

@@ -653,13 +653,13 @@ def test_fast_beam_search_equals_slow_reference(seed, beam, kind):
 
 class TableSession:
     """A fake decoder: fixed log-probs per level and beam row, (Q * width, K) at each level;
-    `threads` > 1: the search's steps split the queries over that many chunks (as with the
-    fused session's threads)."""
+    `step_chunks` > 1: the search's steps split the queries into that many chunks on
+    numba's threads (as after a fused session's parallel level)."""
 
-    def __init__(self, logps: list[np.ndarray], num_queries: int, threads: int = 1) -> None:
+    def __init__(self, logps: list[np.ndarray], num_queries: int, step_chunks: int = 1) -> None:
         self.logps, self.q, self.width, self.fed = logps, num_queries, 1, []
-        self.threads = threads
-        if threads > 1:
+        self.step_chunks = step_chunks
+        if step_chunks > 1:
             fused.row_kernels(True)     # numba's threads started as a fused session does
 
     def log_probs(self, level: int) -> torch.Tensor:
@@ -703,12 +703,12 @@ def naive_beam(logps, unique_ids, num_queries, beam):
     (3, 4, True, None, False), (4, 9, True, None, False), (5, 30, True, None, False),
     (6, 10, False, 6, False),     # more beams than IDs: dead rows inside the search, -1 pads
     (7, 5, False, None, True), (8, 12, True, 9, True)])   # some codes at -inf
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_search_step_equals_the_search_spelled_out(seed, beam, ties, num_ids, masked, threads):
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_search_step_equals_the_search_spelled_out(seed, beam, ties, num_ids, masked, chunks):
     """Random tries (some with complete levels), random log-probs or coarse ones full of
     ties: the compiled per-level step keeps exactly the naive search's beams, in order,
-    and feeds the decoder exactly those beams' codes and parents; also with the queries
-    split into chunks (`_best_children_parallel`, from 32 rows a level: beams >= 7 here)."""
+    and feeds the decoder exactly those beams' codes and parents; also with the 5 queries
+    split into 2 or 3 chunks at every level (the parallel step, `beam._STEP[True]`)."""
     rng = np.random.default_rng(seed)
     sizes = (3, 4, 5) if seed % 2 else (6, 2, 4)
     codes = rng.integers(sizes, size=(num_ids or int(rng.integers(5, 60)), 3))
@@ -723,7 +723,7 @@ def test_search_step_equals_the_search_spelled_out(seed, beam, ties, num_ids, ma
     if masked:
         for lp in logps:
             lp[rng.random(lp.shape) < 0.3] = -np.inf
-    session = TableSession(logps, q, threads)
+    session = TableSession(logps, q, chunks)
     leaves, scores = constrained_beam_search(session, trie, num_queries=q, beam_size=beam)
     assert leaves.shape == scores.shape == (q, beam)
     for row, (ref, prefixes) in enumerate(naive_beam(logps, unique, q, beam)):
@@ -761,22 +761,20 @@ def test_nan_log_probs_are_refused():
     with pytest.raises(ValueError, match="level 0 contain NaN"):
         constrained_beam_search(TableSession(logps, 1), trie, num_queries=1, beam_size=2)
     # also in a dense row that the step would skip as unable to beat the kept candidates
-    from genir.search.beam import _best_children
+    from genir.search.beam import _STEP
 
     lp = np.array([[[1, 2, 3, 4], [0, 0, 0, np.nan]]], np.float32)
-    out = _best_children(lp, np.array([[0.0, -5.0]], np.float32), np.array([[0, 1]]),
-                         np.zeros(2, np.int64), np.zeros(1, np.int64), True, 2)
+    out = _STEP[False](lp, np.array([[0.0, -5.0]], np.float32), np.array([[0, 1]]),
+                       np.zeros(2, np.int64), np.zeros(1, np.int64), True, 2, 1)
     assert out[4] and out[1].tolist() == [[4.0, 3.0]]
     # split over queries: the NaN is reported from whichever chunk met it
-    from genir.search.beam import _best_children_parallel
-
     fused.row_kernels(True)
     lp3 = np.concatenate([np.zeros_like(lp), np.zeros_like(lp), lp])
     args = (np.tile(np.array([[0.0, -5.0]], np.float32), (3, 1)), np.tile([[0, 1]], (3, 1)),
             np.zeros(2, np.int64), np.zeros(1, np.int64), True, 2)
     for chunks in (2, 3):
-        split = _best_children_parallel(lp3, *args, chunks)
-        whole = _best_children(lp3, *args)
+        split = _STEP[True](lp3, *args, chunks)
+        whole = _STEP[False](lp3, *args, 1)
         assert split[4] and whole[4]
         for a, b in zip(split[:4], whole[:4], strict=True):
             np.testing.assert_array_equal(a, b)
@@ -885,6 +883,25 @@ def test_session_refuses_levels_out_of_order():
         with pytest.raises(ValueError, match="at level 0"):
             session.advance(1, torch.zeros(2, 1, dtype=torch.int64),
                             torch.zeros(2, 1, dtype=torch.int64))
+
+
+def test_fused_session_says_how_its_level_split_the_queries():
+    """`step_chunks`, which the beam search splits its step by: the thread count from 32
+    rows a level up (whole queries), 1 below it, 1 where there are fewer queries than
+    threads (rows split within queries), 1 on one thread."""
+    model = tiny_decoder()
+    threads = fused.row_kernels(True).threads
+    with torch.inference_mode():
+        for q, beams, chunks in ((40, 2, threads), (5, 1, 1), (5, 7, min(threads, 5)),
+                                 (1, 40, 1)):
+            s = model.session(torch.randn(q, 6))
+            assert s.step_chunks == (threads if q >= fused.ROWS_PARALLEL_MIN else 1)
+            s.advance(0, torch.zeros(q, beams, dtype=torch.int64),
+                      torch.zeros(q, beams, dtype=torch.int64))
+            assert s.step_chunks == (chunks if q * beams >= fused.ROWS_PARALLEL_MIN else 1)
+        serial = model.fuse_decoding(parallel=False).session(torch.randn(40, 6))
+        assert serial.step_chunks == 1
+        model.fuse_decoding(parallel=True)
 
 
 def test_fused_session_refuses_what_its_kernels_cannot_check():

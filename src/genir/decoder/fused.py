@@ -687,14 +687,20 @@ class RowKernels(NamedTuple):
     threads: int
 
 
-def _compile(func: Callable[..., None], parallel: bool) -> Callable[..., None]:
-    """`func` compiled by numba, `prange` over threads when `parallel`. A copy named apart
-    per variant: numba's on-disk cache keys a function by name and bytecode, not by flags."""
+def compile_variant(func: Callable[..., Any], parallel: bool, **options: Any) -> Callable[..., Any]:
+    """`func` compiled by numba (cached, nogil, `options`), `prange` over threads when
+    `parallel`: one source for the serial and parallel variants (also the beam search's
+    step, `genir.search.beam`). A copy named apart per variant: numba's on-disk cache keys
+    a function by name and bytecode, not by flags."""
     f = cast(types.FunctionType, func)
     clone = types.FunctionType(f.__code__, f.__globals__, f.__name__)
     clone.__qualname__ = f"{f.__qualname__}_{'parallel' if parallel else 'serial'}"
-    return cast(Callable[..., None], numba.njit(cache=True, nogil=True, error_model="numpy",
-                                                fastmath=_FAST, parallel=parallel)(clone))
+    return cast(Callable[..., Any], numba.njit(cache=True, nogil=True, parallel=parallel,
+                                               **options)(clone))
+
+
+def _compile(func: Callable[..., None], parallel: bool) -> Callable[..., None]:
+    return compile_variant(func, parallel, error_model="numpy", fastmath=_FAST)
 
 
 SERIAL, PARALLEL = (RowKernels(_compile(_add_ln, parallel), _compile(_self_attn, parallel),
@@ -736,13 +742,7 @@ def row_kernels(parallel: bool) -> RowKernels:
         return SERIAL
     if numba.get_num_threads() != threads:   # per calling thread in numba
         numba.set_num_threads(threads)
-    kernels = _BY_THREADS.get(threads)
-    if kernels is None:
-        kernels = _BY_THREADS[threads] = PARALLEL._replace(threads=threads)
-    return kernels
-
-
-_BY_THREADS: dict[int, RowKernels] = {}   # PARALLEL per thread count
+    return PARALLEL._replace(threads=threads)
 
 
 def split(k: RowKernels, rows: int, units: int) -> tuple[RowKernels, int]:
@@ -754,6 +754,14 @@ def split(k: RowKernels, rows: int, units: int) -> tuple[RowKernels, int]:
     if rows < ROWS_PARALLEL_MIN or chunks < 2:
         return SERIAL, 1
     return k, chunks
+
+
+def query_chunks(k: RowKernels, rows: int, queries: int) -> int:
+    """The chunks of whole queries that a level of `rows` rows over `queries` queries runs
+    in on `k` (`split`, then `_chunk`): 1 where it runs serial or splits rows within
+    queries. `FusedSession.step_chunks`, which the beam search's step splits its queries by."""
+    _, chunks = split(k, rows, rows)
+    return chunks if queries >= chunks else 1
 
 
 def _threads_pid() -> int:

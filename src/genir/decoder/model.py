@@ -36,7 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genir.decoder.fused import FusedWeights, fusable, row_kernels, run_level, split
+from genir.decoder.fused import (
+    FusedWeights,
+    fusable,
+    query_chunks,
+    row_kernels,
+    run_level,
+    split,
+)
 
 # T5-small's decoder shape (6 layers, d 512, 8 heads, MLP 2,048 = 4 d) fed GENIUS's 30
 # prefix vectors: the size issue 6 compares the default against (DecoderConfig fields)
@@ -311,10 +318,11 @@ def _parameter_state(module: nn.Module, out: list) -> list:
     """(parameter, version, data pointer) of every parameter under `module`, appended to
     `out`: `fused_weights`' cache key. A plain walk of the module dicts: `parameters()`'s
     generators took 215 us a call, 2% of a batch-32 search with the default decoder. (Tried:
-    keeping the list and walking again only after torch's global registration hooks fired,
-    2x faster, but blind to the module dicts written directly, as `.to` does with torch's
-    overwrite-on-conversion setting or `ModuleList.insert`; checking every dict entry
-    instead left it 1.25-1.34x faster than this walk: not worth its 40 lines.)"""
+    keeping the list and walking again only after torch's global registration hooks fired:
+    `fused_weights` 59 -> 20 us warm, in separate runs, but blind to the module dicts
+    written directly, as `.to` does with torch's overwrite-on-conversion setting or
+    `ModuleList.insert`; checking every dict entry instead left the key 1.25-1.34x faster
+    than this walk, in one process: not worth its 40 lines.)"""
     for p in module._parameters.values():
         if p is not None:
             out += (id(p), p._version, p.data_ptr())
@@ -393,7 +401,6 @@ class FusedSession(DecoderSession):
         self.weights_fused = weights
         # (a model pickled whole before the setting existed has no attribute: parallel)
         self.kernels = row_kernels(getattr(model, "fused_parallel", True))
-        self.threads = self.kernels.threads   # the beam search splits its steps as the levels
         self.one_call = getattr(model, "fused_one_call", True)
         with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
             self._start(model, query)
@@ -432,6 +439,9 @@ class FusedSession(DecoderSession):
         x = np.repeat(w.start[None], q, 0)   # (torch's expand + add + copy: 80-100 us a batch)
         self.logp = run_level(self.kernels, w, self.kv, self.anc, self.memory, self.mask, x, 0,
                               1, self.one_call)
+        # the whole-query chunks the last level ran in: the beam search's step splits its
+        # queries the same way, so each thread reads the log-probabilities it wrote
+        self.step_chunks = query_chunks(self.kernels, q, q)
 
     # the beam search may hand it numpy arrays and take them back (`log_prob_array`,
     # `advance_arrays`): each torch <-> numpy conversion or check is a Python call, which
@@ -483,6 +493,7 @@ class FusedSession(DecoderSession):
                 np.ascontiguousarray(parent, dtype=np.int64), width)
         self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
                               self.mask, x, t, beams, self.one_call, step)
+        self.step_chunks = query_chunks(self.kernels, n, q)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

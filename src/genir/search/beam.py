@@ -5,9 +5,8 @@ the best `beam_size` of (beams x children) per query become the next beams. That
 one compiled loop (`_best_children`, numba): per query it walks each live beam's CSR slice
 of the trie, adds the beam's score to the log-probability of each child's code, and keeps
 the best candidates in a small heap; no vocabulary-wide mask, no per-beam Python callback,
-no (beams x max fan-out) padded tensors; with a session whose levels run on several
-threads (`FusedSession.threads`), the queries split over them as the session splits its
-rows (`_best_children_parallel`). The model side is any `DecodingSession`: it
+no (beams x max fan-out) padded tensors; split over the queries in the chunks a session's
+levels ran in (`FusedSession.step_chunks`), on numba's threads. The model side is any `DecodingSession`: it
 scores the next level and advances its caches by the chosen beams. The search returns leaf
 ids (= `IDTable` rows), never an invalid ID; slots with no valid ID left are -1 with
 score -inf.
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from numba import prange
 
+from genir.decoder.fused import compile_variant
 from genir.search.trie import CodeTrie
 
 
@@ -53,12 +53,6 @@ class ArraySession(DecodingSession, Protocol):
     def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None: ...
 
 
-# a level's step runs on the session's threads from this many rows (query x beams) up, as
-# the fused decoder's levels do (`genir.decoder.fused.ROWS_PARALLEL_MIN`): below it they
-# run on one thread, which then wrote every log-probability
-PARALLEL_ROWS = 32
-
-
 @torch.inference_mode()
 def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_queries: int,
                             beam_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,9 +67,6 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
     score = np.zeros((q, 1), dtype=np.float32)
     # a session that gives and takes numpy arrays (`FusedSession`) skips the conversions
     arrays = cast(ArraySession, session) if getattr(session, "numpy_steps", False) else None
-    # a session whose levels run on several threads splits the step's queries the same way
-    # (`threads` > 1 promises numba's threads were started safely: `fused.row_kernels`)
-    threads = getattr(session, "threads", 1)
     for level in range(trie.num_levels):
         width = node.shape[1]
         if arrays is not None:
@@ -93,14 +84,11 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
         dense = trie.complete[level] and k == trie.max_children[level]
         starts, codes = trie.csr(level)
         fan_out = k if dense else trie.max_children[level]
-        best = min(beam_size, width * fan_out)
-        chunks = min(threads, q) if q * width >= PARALLEL_ROWS else 1
-        if chunks > 1:
-            node, score, parent, chosen, nan = _best_children_parallel(
-                logp, score, node, starts, codes, dense, best, chunks)
-        else:
-            node, score, parent, chosen, nan = _best_children(
-                logp, score, node, starts, codes, dense, best)
+        # the chunks of queries the session's level ran in (`FusedSession.step_chunks`; > 1
+        # promises numba's threads were started safely, as `fused.row_kernels` does)
+        chunks = getattr(session, "step_chunks", 1)
+        node, score, parent, chosen, nan = _STEP[chunks > 1](
+            logp, score, node, starts, codes, dense, min(beam_size, width * fan_out), chunks)
         if nan:   # the step never picks a NaN candidate: say so rather than drop it
             raise ValueError(f"the decoder's log-probabilities at level {level} contain NaN")
         if level + 1 < trie.num_levels and arrays is not None:
@@ -115,55 +103,34 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
     return torch.from_numpy(node), torch.from_numpy(score)
 
 
-@numba.njit(cache=True, nogil=True)
-def _best_children(logp, score, node, starts, codes, dense, width):  # type: ignore[no-untyped-def]
+def _best_children(logp, score, node, starts, codes, dense, width,  # type: ignore[no-untyped-def]
+                   chunks):
     """One level for a batch: logp (Q, B, K) float32 log-probs of each beam's next code,
     score (Q, B) float32 beam scores (-inf: dead), node (Q, B) int64 the beams' trie nodes;
     starts / codes the level's CSR (children of node p are slots starts[p]:starts[p + 1],
     slot s has code codes[s] and is node s of the level), unused when `dense` (children of
     p are p * K + code for every code). -> the best `width` children per query, best first:
     (node, score, parent beam, code), each (Q, width); missing ones score -inf (node 0);
-    and whether a live beam's child had a NaN log-prob."""
-    outs = _best_outputs(logp.shape[0], width, codes, dense)
-    nan = _best_queries(logp, score, node, starts, codes, dense, outs, 0, logp.shape[0])
-    return (*outs, nan)
-
-
-def _best_children_parallel(logp, score, node, starts, codes, dense, width,  # type: ignore[no-untyped-def]
-                            chunks):
-    """`_best_children` with the queries split into `chunks` (one per thread), as the fused
-    decoder splits a level's rows when it has at least as many queries as chunks
-    (`genir.decoder.fused._chunk`): with numba's static split of both parallel loops (its
-    omp layer here), each thread reads the log-probabilities it wrote, where one thread
-    reading them all read half of them from the other core's cache (with 2 threads, the
-    step took 0.79x its time at beam 10 and 0.68x at beam 30, N = 1M, batch 32). Results
-    do not depend on which thread takes which chunk."""
+    and whether a live beam's child had a NaN log-prob. The queries split into `chunks`
+    (`_best_queries` each), on numba's threads in the parallel variant (`_STEP[True]`), the
+    way the fused decoder splits a level's rows (`genir.decoder.fused.query_chunks`): with
+    numba's static split of both parallel loops (its omp layer here), each thread reads the
+    log-probabilities it wrote, where one thread reading them all read half of them from
+    the other core's cache (with 2 threads, the step took 0.79x its time at beam 10 and
+    0.68x at beam 30, N = 1M, batch 32). Results do not depend on the chunks."""
     num_q = logp.shape[0]
-    outs = _best_outputs(num_q, width, codes, dense)
-    out_node, out_score, out_parent, out_code = outs   # (not nested in the loop)
-    nans = np.zeros(chunks, np.bool_)
-    for c in prange(chunks):
-        nans[c] = _best_queries(logp, score, node, starts, codes, dense,
-                                (out_node, out_score, out_parent, out_code),
-                                c * num_q // chunks, (c + 1) * num_q // chunks)
-    return out_node, out_score, out_parent, out_code, nans.any()
-
-
-_best_children_parallel = numba.njit(cache=True, nogil=True,  # type: ignore[assignment]
-                                     parallel=True)(_best_children_parallel)
-
-
-@numba.njit(cache=True, nogil=True)
-def _best_outputs(num_q, width, codes, dense):  # type: ignore[no-untyped-def]
-    """`_best_children`'s outputs as missing children: node 0 (code: the level's first, or
-    0 when dense), score -inf, parent 0."""
     out_node = np.zeros((num_q, width), np.int64)
     out_score = np.full((num_q, width), -np.inf, np.float32)
     out_parent = np.zeros((num_q, width), np.int64)
     out_code = np.zeros((num_q, width), np.int64)
     if not dense:
         out_code[:] = codes[0]
-    return out_node, out_score, out_parent, out_code
+    nans = np.zeros(chunks, np.bool_)
+    for c in prange(chunks):
+        nans[c] = _best_queries(logp, score, node, starts, codes, dense,
+                                (out_node, out_score, out_parent, out_code),
+                                c * num_q // chunks, (c + 1) * num_q // chunks)
+    return out_node, out_score, out_parent, out_code, nans.any()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -263,3 +230,7 @@ def _heap_replace_root(heap_v, heap_c, n, v, c):  # type: ignore[no-untyped-def]
         heap_v[i], heap_c[i] = heap_v[child], heap_c[child]
         i = child
     heap_v[i], heap_c[i] = v, c
+
+
+# the step, serial and parallel (`_STEP[chunks > 1]`): one source, two compiled variants
+_STEP = tuple(compile_variant(_best_children, parallel) for parallel in (False, True))
