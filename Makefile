@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.genir-installed
 
 BROWSER_PACKAGES := chromium
 
-.PHONY: demo test test-fast install install-python install-data install-browser lint clean
+.PHONY: demo test test-fast test-isa install install-python install-data install-browser lint clean
 
 demo: install
 	$(VENV)/bin/genir demo
@@ -24,7 +24,16 @@ test: install install-browser
 test-fast: install-python
 	$(PY) -m pytest -m "not slow"
 
+# The suite with MKL's and numba's CPU dispatch held to narrower instruction sets than this
+# CPU has, one setting after another: results must not depend on the CPU a user has.
+ISA_SETTINGS := MKL_ENABLE_INSTRUCTIONS=AVX2 MKL_ENABLE_INSTRUCTIONS=SSE4_2 NUMBA_CPU_NAME=generic
+test-isa: install install-browser
+	@for setting in $(ISA_SETTINGS); do \
+	  echo "== $$setting"; env $$setting $(PY) -m pytest -q -p no:cacheprovider || exit 1; \
+	done
+
 install: install-python install-data
+	$(VENV)/bin/genir compile
 
 # torch is pinned to 2.13.0 in pyproject.toml: on this machine pip takes the CPU wheel from
 # local disk; elsewhere it comes from PyPI.

@@ -20,16 +20,31 @@ from genir.ids.rq import ResidualQuantizer, RQConfig
 # ---------------------------------------------------------------- hierarchical k-means
 
 
-def _naive_descent(tok: HierarchicalKMeansTokenizer, x: np.ndarray) -> np.ndarray:
-    """Reference encode: per item, per level, argmin over its parent's children in numpy."""
+def _naive_descent(tok: HierarchicalKMeansTokenizer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference encode: per item, per level, argmin over its parent's children in float64
+    numpy -> (codes, clear): clear[i] unless some level's best and second-best distances
+    lie within 1e-5 of each other, where the tokenizer's float32 products may choose either
+    (how they round differs by CPU)."""
     out = np.empty((len(x), tok.config.num_levels), dtype=np.int64)
+    clear = np.ones(len(x), dtype=bool)
     for i, row in enumerate(x):
         node = 0
         for level, (centroids, offsets) in enumerate(zip(tok.centroids, tok.offsets, strict=True)):
             children = centroids[offsets[node]:offsets[node + 1]].numpy().astype(np.float64)
-            out[i, level] = int(np.square(children - row).sum(1).argmin())
+            dist = np.square(children - row).sum(1)
+            out[i, level] = int(dist.argmin())
+            if len(dist) > 1 and np.diff(np.sort(dist)[:2])[0] <= 1e-5:
+                clear[i] = False
             node = int(offsets[node]) + out[i, level]
-    return out
+    return out, clear
+
+
+def assert_codes_match_naive(tok: HierarchicalKMeansTokenizer, x: np.ndarray,
+                             codes: np.ndarray) -> None:
+    """`codes` equal the reference descent's for every item whose every choice is clear."""
+    ref, clear = _naive_descent(tok, x)
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(codes[clear], ref[clear])
 
 
 def test_hkmeans_codes_in_range_deterministic_and_seeded():
@@ -70,7 +85,7 @@ def test_hkmeans_children_are_nested_under_their_parent():
                 if codes[i, 1] == codes[j, 1] and codes[i, 0] != codes[j, 0])
     assert not np.array_equal(level2[i], level2[j])
     # the stored greedy descent agrees with a per-item numpy reference
-    assert np.array_equal(codes, _naive_descent(tok, x))
+    assert_codes_match_naive(tok, x, codes)
 
 
 def test_hkmeans_encode_reproduces_fit_and_handles_unseen_items():
@@ -79,10 +94,11 @@ def test_hkmeans_encode_reproduces_fit_and_handles_unseen_items():
     assert tok.fit_codes is not None and np.array_equal(tok.encode(x), tok.fit_codes)
     # reversed order and a batch of one give the same codes
     assert np.array_equal(tok.encode(x[::-1].copy())[::-1], tok.fit_codes)
-    assert np.array_equal(tok.encode(x[7:8]), tok.fit_codes[7:8])
+    i = int(np.flatnonzero(_naive_descent(tok, x)[1])[0])   # (a batch of one: other products)
+    assert np.array_equal(tok.encode(x[i:i + 1]), tok.fit_codes[i:i + 1])
     new, _, _ = clustered(100, num_classes=4, dim=8, seed=5)
     new_codes = tok.encode(new)
-    assert np.array_equal(new_codes, _naive_descent(tok, new))
+    assert_codes_match_naive(tok, new, new_codes)
     assert tok.decode(new_codes).shape == (100, 8)
 
 

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import clustered
+from conftest import assert_same_ranking, clustered
 from genir.decoder.model import CodeDecoder, DecoderConfig
 from genir.decoder.train import SameLabelSampler, TrainConfig
 from genir.eval import metrics as M
@@ -82,8 +85,11 @@ def test_top_items_matches_naive_sort(built, k, rerank):
               queries, index.item_emb, rerank, scores, rows)
     ref_scores, ref_rows = naive_top_items(index, leaves, leaf_scores, k,
                                            queries if rerank else None)
-    np.testing.assert_array_equal(rows, ref_rows)
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    if rerank:   # compiled dot products against numpy's: the ranking, to float tolerance
+        assert_same_ranking(scores, rows, ref_scores, ref_rows, atol=1e-5)
+    else:        # scores copied from the leaves: exact, ties kept in beam order
+        np.testing.assert_array_equal(rows, ref_rows)
+        np.testing.assert_array_equal(scores, ref_scores)
 
 
 def test_unique_ids_keep_the_beam_order():
@@ -123,14 +129,18 @@ def test_rerank_equals_naive_cosine_sort_of_the_beam_candidates(built):
     index, x, labels, q, _ = built
     beam = 8
     scores, rows = index.search(q, beam, rerank=True, beam_size=beam)
-    leaves, leaf_scores = constrained_beam_search(index.decoder.session(torch.from_numpy(q)),
-                                                  index.trie, num_queries=len(q), beam_size=beam)
+    with torch.inference_mode():    # the session search takes
+        leaves, leaf_scores = constrained_beam_search(
+            index.decoder.session(torch.from_numpy(q)), index.trie, num_queries=len(q),
+            beam_size=beam)
+    ref_rows = np.full((len(q), beam), -1)
+    ref_scores = np.full((len(q), beam), -np.inf)
     for i, cands in enumerate(naive_expand(index, leaves, leaf_scores)):
         items = np.array([item for item, _ in cands])
         sims = x[items] @ q[i]
         order = np.argsort(-sims, kind="stable")[:beam]
-        assert rows[i].tolist() == items[order].tolist()
-        assert np.allclose(scores[i], sims[order], atol=1e-5)
+        ref_rows[i, :len(order)], ref_scores[i, :len(order)] = items[order], sims[order]
+    assert_same_ranking(scores, rows, ref_scores, ref_rows, atol=1e-5)
     # never above exact search's best similarity
     flat_scores, _ = FlatIndex(x).search(q, 1)
     assert (scores[:, 0] <= flat_scores[:, 0] + 1e-5).all()
@@ -144,7 +154,8 @@ def test_batch_size_does_not_change_results(built):
         b = index.search(q, 10)
     finally:
         index.config.search.batch_size = 256
-    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0], atol=1e-5)
+    # other batches, other products: the same ranking, to float tolerance
+    assert_same_ranking(b[0], b[1], a[0], a[1], atol=1e-5)
 
 
 def test_save_load_gives_identical_results(built, tmp_path):
@@ -158,6 +169,69 @@ def test_save_load_gives_identical_results(built, tmp_path):
         a, b = index.search(q, 10, rerank=rerank), loaded.search(q, 10, rerank=rerank)
         assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
     assert loaded.item_ids == index.item_ids and loaded.config.to_dict() == index.config.to_dict()
+
+
+SEARCH_IN_A_NEW_PROCESS = """
+import sys
+import numpy as np
+import torch
+from genir.index import GenerativeIndex
+torch.set_num_threads(int(sys.argv[4]))   # as the tests' process (conftest)
+index = GenerativeIndex.load(sys.argv[1])
+q = np.load(sys.argv[2])
+for rerank in (False, True):
+    scores, rows = index.search(q, 10, rerank=rerank)
+    np.save(f"{sys.argv[3]}_{int(rerank)}_scores.npy", scores)
+    np.save(f"{sys.argv[3]}_{int(rerank)}_rows.npy", rows)
+"""
+
+
+def test_search_does_not_depend_on_call_history_or_process(built, tmp_path):
+    """A search's rows and scores depend only on the index, the queries and the options:
+    the first search after new weights, the next ones, a search with the same queries
+    stored at another alignment, and a search of the saved index in a new process are
+    bitwise equal (same machine: across CPUs they may differ in the last bits)."""
+    index, *_, q, _ = built
+    index.save(tmp_path / "idx")
+    fresh = GenerativeIndex.load(tmp_path / "idx")        # weights never searched
+    shifted = np.empty(q.size + 1, dtype=np.float32)[1:].reshape(q.shape)  # 4 bytes off
+    shifted[:] = q
+    np.save(tmp_path / "q.npy", q)
+    subprocess.run([sys.executable, "-c", SEARCH_IN_A_NEW_PROCESS, str(tmp_path / "idx"),
+                    str(tmp_path / "q.npy"), str(tmp_path / "out"), str(torch.get_num_threads())],
+                   check=True)
+    for rerank in (False, True):
+        first = fresh.search(q, 10, rerank=rerank)
+        runs = {"second search": fresh.search(q, 10, rerank=rerank),
+                "queries at another alignment": fresh.search(shifted, 10, rerank=rerank),
+                "the index saved": index.search(q, 10, rerank=rerank),
+                "a new process": tuple(np.load(tmp_path / f"out_{int(rerank)}_{name}.npy")
+                                       for name in ("scores", "rows"))}
+        for name, (scores, rows) in runs.items():
+            assert np.array_equal(rows, first[1]), name
+            assert scores.tobytes() == first[0].tobytes(), name
+
+
+@pytest.mark.slow   # compiles the search's kernels from an empty numba cache: ~40 s
+def test_kernels_compiled_in_a_process_equal_those_loaded_from_the_cache(built, tmp_path):
+    """The first process compiles every kernel (an empty cache), the second loads them from
+    the cache the first wrote: both search the saved index to the same bits as this process.
+    (With fastmath's reassociation the compiler chose each sum's order by context, and a
+    freshly compiled kernel rounded otherwise than its cached copy.)"""
+    index, *_, q, _ = built
+    index.save(tmp_path / "idx")
+    np.save(tmp_path / "q.npy", q)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    for run in ("compiled", "cached"):
+        subprocess.run([sys.executable, "-c", SEARCH_IN_A_NEW_PROCESS, str(tmp_path / "idx"),
+                        str(tmp_path / "q.npy"), str(tmp_path / run), str(torch.get_num_threads())],
+                       check=True, env=env)
+    for rerank in (False, True):
+        scores, rows = index.search(q, 10, rerank=rerank)
+        for run in ("compiled", "cached"):
+            got = np.load(tmp_path / f"{run}_{int(rerank)}_scores.npy")
+            assert np.array_equal(np.load(tmp_path / f"{run}_{int(rerank)}_rows.npy"), rows)
+            assert got.tobytes() == scores.tobytes(), run
 
 
 def test_load_rejects_corrupt_files(built, tmp_path):

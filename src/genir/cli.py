@@ -6,6 +6,7 @@
     genir eval TASK [--index DIR]  score genir, genir+rerank and flat k-NN; table + JSON
     genir build universal --out DIR    one GENIUS-style index over every universal task's pool
     genir eval --task NAME [--index DIR]  a universal task (or "all"): task pool and global pool
+    genir compile                  compile the search kernels into numba's cache (once)
 """
 
 from __future__ import annotations
@@ -359,6 +360,18 @@ def serve(index_dir: Annotated[Path, typer.Argument(help="a folder written by ge
         _fail(str(exc))
     typer.echo(f"genir: serving {index_dir} on http://{host}:{port}/  (API docs: /docs)")
     uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+@app.command("compile")
+def compile_(layers: Annotated[list[int] | None, typer.Option(
+        "--layers", min=1, help="decoder depths to compile for (repeat; default: the "
+        "default decoder's)")] = None) -> None:
+    """Compile the search's kernels into numba's on-disk cache, so that a first search
+    answers without compiling (`make install` runs it)."""
+    from genir.warmup import compile_kernels
+
+    seconds = compile_kernels(num_layers=layers) if layers else compile_kernels()
+    typer.echo(f"search kernels compiled (or loaded from numba's cache) in {seconds:.1f} s")
 
 
 def main() -> None:

@@ -327,7 +327,7 @@ class GenerativeIndex:
         (score -inf) where fewer than k items were found. `query_emb` is the query in the
         items' embedding space for rerank, when the decoder's input space differs.
         """
-        q = np.asarray(queries, dtype=np.float32)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.decoder.config.query_dim:
             raise ValueError(f"queries must be (Q, {self.decoder.config.query_dim}), "
                              f"got shape {q.shape}")
@@ -336,7 +336,7 @@ class GenerativeIndex:
         beam = max(beam_size or self.config.search.beam_size, 1)
         rerank = self.config.search.rerank if rerank is None else rerank
         beam = max(beam, min(k, self.table.num_ids))  # k results need k beams when IDs are unique
-        rq = q if query_emb is None else np.asarray(query_emb, dtype=np.float32)
+        rq = q if query_emb is None else np.ascontiguousarray(query_emb, dtype=np.float32)
         if rq.ndim != 2 or len(rq) != len(q):
             raise ValueError(f"query_emb must have one row per query ({len(q)}), got shape "
                              f"{rq.shape}")

@@ -69,13 +69,16 @@ from numba import prange
 from numba.core.extending import intrinsic
 from torch import nn
 
+from genir.reduce import dot, fma, squares, total
+
 if TYPE_CHECKING:
     from genir.decoder.model import Block, CodeDecoder
 
 F32 = np.float32
-# fastmath: reassociation (vectorised sums) without the no-NaN / no-inf assumptions: masked
-# scores are -inf and a NaN must reach the beam search, which refuses it
-_FAST = {"reassoc", "contract", "arcp", "nsz"}
+# No fastmath flags: with them LLVM chose each sum's order by context, and the same kernel
+# compiled in one process and loaded from numba's cache in the next returned other bits.
+# Sums run in a fixed order as vector code and multiply-adds are fused by name
+# (`genir.reduce`): the same bits on every compile, at the speed fastmath gave.
 
 
 # 2^f on [-1/2, 1/2]: Taylor series of e^(f ln 2) to degree 7 (relative error < 5e-9)
@@ -109,7 +112,7 @@ def _wide_vectors(typingctx):  # type: ignore[no-untyped-def]
     return numba.types.none(), codegen
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _exp(x):  # type: ignore[no-untyped-def]
     """e^x in float32 for x <= 88 (relative error <= 4e-6 over [-87, 0] and <= 1e-6 over
     [-10, 0], from rounding x log2 e to float32; 1.2e-38 below -87, not 0; NaN stays NaN):
@@ -120,12 +123,14 @@ def _exp(x):  # type: ignore[no-untyped-def]
     t = max(x * F32(1.4426950408889634), F32(-126.0))
     k = np.floor(t + F32(0.5))
     f = t - k
-    p = ((((((_E7 * f + _E6) * f + _E5) * f + _E4) * f + _E3) * f + _E2) * f + _E1) * f + _E0
+    # Horner with explicit fused multiply-adds (`genir.reduce.fma`)
+    p = fma(fma(fma(fma(fma(fma(fma(_E7, f, _E6), f, _E5), f, _E4), f, _E3), f, _E2),  # type: ignore[call-arg,var-annotated]
+                    f, _E1), f, _E0)
     e = p * _bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))  # type: ignore[call-arg]
     return e if x == x else x
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _ln_row(x, o, bias, add, gamma, beta, eps, out, r):  # type: ignore[no-untyped-def]
     """out[r] = LayerNorm(x[r]); with `add`, first x[r] += o[r] + bias (in place). Rows
     are indexed in place, not taken as views (`x[r]`): a view whose reference counting
@@ -133,20 +138,12 @@ def _ln_row(x, o, bias, add, gamma, beta, eps, out, r):  # type: ignore[no-untyp
     (NRT) per row (see `_cross_attn_rows`; `_self_attn_rows` keeps its views, pruned)."""
     d = x.shape[1]
     inv_d = F32(1.0) / F32(d)
-    total = F32(0.0)
     if add:
         for j in range(d):
-            v = x[r, j] + o[r, j] + bias[j]
-            x[r, j] = v
-            total += v
-    else:
-        for j in range(d):
-            total += x[r, j]
-    mean = total * inv_d
-    var = F32(0.0)
-    for j in range(d):
-        c = x[r, j] - mean
-        var += c * c
+            x[r, j] = x[r, j] + o[r, j] + bias[j]
+    # sums in a fixed order (`genir.reduce`; x is C-contiguous: row r at r * d)
+    mean = total(x, r * d, d) * inv_d  # type: ignore[call-arg]
+    var = squares(x, r * d, d, mean)  # type: ignore[call-arg]
     inv = F32(1.0) / np.sqrt(var * inv_d + eps)
     for j in range(d):
         out[r, j] = (x[r, j] - mean) * inv * gamma[j] + beta[j]
@@ -161,7 +158,7 @@ def _add_ln(x, o, bias, add, ln, out):  # type: ignore[no-untyped-def]
         _ln_row(x, o, bias, add, gamma, beta, eps, out, r)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _self_attn_rows(qkv, bias, kv, anc, t, y, lo, hi, s, qv):  # type: ignore[no-untyped-def]
     """`_self_attn` on rows lo..hi - 1; s (>= H (t + 1)) and qv (d) are scratch. A row's
     scores for every head first, then their exponentials in one loop (vectorised: one at
@@ -171,6 +168,7 @@ def _self_attn_rows(qkv, bias, kv, anc, t, y, lo, hi, s, qv):  # type: ignore[no
     hd = hd2 // 2
     d = heads * hd
     n = t + 1
+    rows = kv.shape[1]
     for r in range(lo, hi):
         qr = qkv[r]
         new = kv[t, r]
@@ -183,13 +181,10 @@ def _self_attn_rows(qkv, bias, kv, anc, t, y, lo, hi, s, qv):  # type: ignore[no
         for j in range(d):
             qv[j] = qr[j] + bias[j]
         for h in range(heads):
-            q = qv[h * hd:(h + 1) * hd]
             top = F32(-np.inf)
             for p in range(n):
-                k = kv[p, anc[p, r], h]
-                a = F32(0.0)
-                for j in range(hd):
-                    a += q[j] * k[j]
+                at = ((p * rows + anc[p, r]) * heads + h) * hd2   # kv[p, anc[p, r], h]
+                a = dot(qv, h * hd, kv, at, hd)  # type: ignore[call-arg]
                 s[h * n + p] = a
                 top = max(top, a)
             for p in range(n):
@@ -228,7 +223,7 @@ def _self_attn(qkv, bias, kv, anc, t, y, chunks):  # type: ignore[no-untyped-def
 # _self_attn and _cross_attn spell out the same softmax and weighted sum on purpose: a
 # shared inline helper (the softmax as its own pass) made both 14% slower (114 -> 130 and
 # 171 -> 195 us a call on 320 rows, alternating in one process)
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _cross_attn_rows(hc, bias, mem_k, mem_v, mask, beams, y, lo, hi, s,  # type: ignore[no-untyped-def]
                      qv):
     """`_cross_attn` on rows lo..hi - 1; s (>= H N) and qv (d) are scratch. Laid out as
@@ -249,9 +244,8 @@ def _cross_attn_rows(hc, bias, mem_k, mem_v, mask, beams, y, lo, hi, s,  # type:
             for n in range(n_mem):
                 a = F32(-np.inf)
                 if mask[qi, n]:
-                    a = F32(0.0)
-                    for j in range(hd):
-                        a += qv[c + j] * mem_k[qi, h, n, j]
+                    at = ((qi * heads + h) * n_mem + n) * hd      # mem_k[qi, h, n]
+                    a = dot(qv, c, mem_k, at, hd)  # type: ignore[call-arg]
                     top = max(top, a)
                 s[h * n_mem + n] = a
             for n in range(n_mem):
@@ -301,7 +295,7 @@ _P0, _P1, _P2, _P3, _P4, _P5, _P6 = _ERF_P
 _Q0, _Q1, _Q2, _Q3, _Q4 = _ERF_Q
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _bias_gelu_rows(f, bias, lo, hi):  # type: ignore[no-untyped-def]
     """`_bias_gelu` on rows lo..hi - 1."""
     _wide_vectors()  # type: ignore[call-arg]
@@ -311,9 +305,10 @@ def _bias_gelu_rows(f, bias, lo, hi):  # type: ignore[no-untyped-def]
             x = f[r, j] + bias[j]
             z = min(max(x * F32(0.7071067811865476), F32(-4.0)), F32(4.0))
             z2 = z * z
-            p = ((((((_P0 * z2 + _P1) * z2 + _P2) * z2 + _P3) * z2 + _P4) * z2 + _P5) * z2
-                 + _P6) * z
-            q = (((_Q0 * z2 + _Q1) * z2 + _Q2) * z2 + _Q3) * z2 + _Q4
+            # Horner with explicit fused multiply-adds (`genir.reduce.fma`)
+            p = fma(fma(fma(fma(fma(fma(_P0, z2, _P1), z2, _P2), z2, _P3), z2, _P4),  # type: ignore[call-arg]
+                        z2, _P5), z2, _P6) * z
+            q = fma(fma(fma(fma(_Q0, z2, _Q1), z2, _Q2), z2, _Q3), z2, _Q4)  # type: ignore[call-arg]
             f[r, j] = F32(0.5) * x * (F32(1.0) + p / q)
 
 
@@ -328,7 +323,7 @@ def _bias_gelu(f, bias, chunks):  # type: ignore[no-untyped-def]
         _bias_gelu_rows(f, bias, c * rows // chunks, (c + 1) * rows // chunks)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def next_level(codes, parent, width, table, pos, anc, t, x):  # type: ignore[no-untyped-def]
     """Level t's rows from the codes chosen at level t - 1 (a check, then the rows): row
     r = q * beams + b
@@ -357,7 +352,7 @@ def _step_status(codes, parent, width, size):  # type: ignore[no-untyped-def]
     return 0
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _step_rows(codes, parent, width, table, pos, old, anc, t, x, lo, hi):  # type: ignore[no-untyped-def]
     """`next_level` on rows lo..hi - 1, old: anc[:t] as it was before."""
     _wide_vectors()  # type: ignore[call-arg]
@@ -417,6 +412,38 @@ _mkl_threads_local: Any = numba.types.ExternalFunction("genir_mkl_threads_local"
 _sgemm_compute: Any = numba.types.ExternalFunction("genir_sgemm_compute",
                                                    numba.types.void(*[numba.types.intp] * 12))
 NOT_PACKED = np.zeros(0, np.float32)
+# bytes: every array MKL reads or writes starts on this boundary (a cache line; AVX-512's
+# vector), so its kernels take the same path on every run: MKL may order a sum by where an
+# array starts ("array alignment", in its notes on reproducible results)
+ALIGN = 64
+
+
+def aligned(shape: tuple[int, ...], *, zeros: bool = False) -> np.ndarray:
+    """An uninitialised (or, with `zeros`, zeroed: calloc'd pages, resident only once
+    written) float32 C-contiguous array of `shape` starting on an ALIGN-byte boundary."""
+    size = int(np.prod(shape)) * 4
+    buf = (np.zeros if zeros else np.empty)(size + ALIGN, np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    return buf[start:start + size].view(F32).reshape(shape)
+
+
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    """`a` as a float32 C-contiguous array on an ALIGN-byte boundary: `a` itself if it is
+    one, else a copy."""
+    if (a.dtype == F32 and a.flags.c_contiguous and a.ctypes.data % ALIGN == 0):
+        return a
+    out = aligned(a.shape)
+    out[...] = a
+    return out
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _aligned(rows, cols):  # type: ignore[no-untyped-def]
+    """`aligned((rows, cols))` in compiled code (numba's own arrays start on 32 bytes)."""
+    buf = np.empty(rows * cols + ALIGN // 4, np.float32)
+    lanes = ALIGN // 4
+    start = (lanes - (buf.ctypes.data // 4) % lanes) % lanes
+    return buf[start:start + rows * cols].reshape(rows, cols)
 
 
 def pack(w: np.ndarray) -> np.ndarray:
@@ -440,7 +467,7 @@ def pack(w: np.ndarray) -> np.ndarray:
     p = ints.ctypes.data
     size = get_size(ctypes.byref(ident), ctypes.c_void_p(p), ctypes.c_void_p(p + 4),
                     ctypes.c_void_p(p + 8))
-    out = np.zeros(-(-size // 4), dtype=np.float32)
+    out = aligned((-(-size // 4),), zeros=True)
     alpha = np.ones(1, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     previous = local(1)
@@ -479,7 +506,7 @@ def _gemm_rows(x, w, packed, out, lo, hi, ints, flts):  # type: ignore[no-untype
                p + 16)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST, inline="always")
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _row_max(z, r, lanes):  # type: ignore[no-untyped-def]
     """max(z[r]) over 8 running maxima (lanes: 8 float32 of scratch; NaNs are passed over):
     a single running max does not vectorise without fastmath's no-NaN flag (345 against
@@ -500,25 +527,25 @@ def _row_max(z, r, lanes):  # type: ignore[no-untyped-def]
     return top
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _bias_log_softmax_rows(z, bias, lo, hi, lanes):  # type: ignore[no-untyped-def]
     """z[r] = log_softmax(z[r] + bias) for rows lo..hi - 1, in place (a NaN logit makes its
     row NaN, as torch's does: the beam search refuses it); lanes: 8 float32 of scratch."""
     _wide_vectors()  # type: ignore[call-arg]
     n = z.shape[1]
+    exps = np.empty(n, np.float32)
     for r in range(lo, hi):
         for j in range(n):
             z[r, j] += bias[j]
         top = _row_max(z, r, lanes)
-        total = F32(0.0)
-        for j in range(n):
-            total += _exp(z[r, j] - top)
-        shift = top + np.log(total)
+        for j in range(n):         # (exponentials apart from their sum: they vectorise)
+            exps[j] = _exp(z[r, j] - top)
+        shift = top + np.log(total(exps, 0, n))  # type: ignore[call-arg]
         for j in range(n):
             z[r, j] -= shift
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _level_rows(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ignore[no-untyped-def]
                 scratch, lo, hi, own_thread):
     """`_level` on rows lo..hi - 1 (scratch: h, y, o, qkv, f, rows for every row).
@@ -593,11 +620,11 @@ def _level(x, t, beams, anc, mask, kv, memory, weights, head, logp,  # type: ign
     (w_qkv, w_self, w_cq, w_cross, w_fc1, w_fc2, b_qkv, b_self, b_cq, b_cross, b_fc1, b_fc2,
      ln_g, ln_b, ln_eps, p_qkv, p_self, p_cq, p_cross, p_fc1, p_fc2) = weights
     head_w, head_b, head_p = head
-    h = np.empty((rows, d), np.float32)
-    y = np.empty((rows, d), np.float32)
-    o = np.empty((rows, d), np.float32)
-    qkv = np.empty((rows, 3 * d), np.float32)
-    f = np.empty((rows, w_fc1[0].shape[0]), np.float32)
+    h = _aligned(rows, d)
+    y = _aligned(rows, d)
+    o = _aligned(rows, d)
+    qkv = _aligned(rows, 3 * d)
+    f = _aligned(rows, w_fc1[0].shape[0])
     for c in prange(chunks):
         lo, hi = _chunk(c, chunks, nq, beams)
         if width:
@@ -619,7 +646,7 @@ def _chunk(c, chunks, nq, beams):  # type: ignore[no-untyped-def]
     return c * nq * beams // chunks, (c + 1) * nq * beams // chunks
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _memory_rows(query, weights, mem_k, mem_v, scratch, lo, hi,  # type: ignore[no-untyped-def]
                  own_thread):
     """`_memory` for queries lo..hi - 1 (scratch: hidden, prefix, mem, kv rows)."""
@@ -664,10 +691,10 @@ def _memory(query, weights, mem_k, mem_v, chunks):  # type: ignore[no-untyped-de
     w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b, p1, p2, kv_p = weights  # (not nested
     #                                                                         in the loop)
     nq, d, n_mem = query.shape[0], w1.shape[0], pos.shape[0]
-    hidden = np.empty((nq, d), np.float32)
-    prefix = np.empty((nq, n_mem * d), np.float32)
-    mem = np.empty((nq * n_mem, d), np.float32)
-    kv = np.empty((nq * n_mem, 2 * d), np.float32)
+    hidden = _aligned(nq, d)
+    prefix = _aligned(nq, n_mem * d)
+    mem = _aligned(nq * n_mem, d)
+    kv = _aligned(nq * n_mem, 2 * d)
     for c in prange(chunks):
         _memory_rows(query, (w1, b1, w2, b2, pos, ln_g, ln_b, eps, kv_w, kv_b, p1, p2, kv_p),
                      mem_k, mem_v, (hidden, prefix, mem, kv), c * nq // chunks,
@@ -700,7 +727,7 @@ def compile_variant(func: Callable[..., Any], parallel: bool, **options: Any) ->
 
 
 def _compile(func: Callable[..., None], parallel: bool) -> Callable[..., None]:
-    return compile_variant(func, parallel, error_model="numpy", fastmath=_FAST)
+    return compile_variant(func, parallel, error_model="numpy")
 
 
 SERIAL, PARALLEL = (RowKernels(_compile(_add_ln, parallel), _compile(_self_attn, parallel),
@@ -871,7 +898,7 @@ def _level_arrays(blocks: list[dict]) -> tuple | None:
     block's GELU is the tanh approximation (`_level` has the exact one only)."""
     if any(b["gelu"] != "none" for b in blocks):
         return None
-    weights = tuple(tuple(np.ascontiguousarray(b[name].t().numpy()) for b in blocks)
+    weights = tuple(tuple(aligned_copy(b[name].t().numpy()) for b in blocks)
                     for name in _LEVEL_WEIGHTS)
     biases = tuple(np.stack([b[name] for b in blocks])
                    for name in ("qkv_b", "self_out_b", "cross_q_b", "cross_out_b", "fc1_b",
@@ -911,9 +938,10 @@ def _memory_packs(base: tuple, packer: Callable[[np.ndarray], np.ndarray]) -> tu
 
 
 def _c(p: torch.Tensor) -> np.ndarray:
-    """A parameter as a C-contiguous float32 array (`_gemm_rows` reads plain row-major
-    memory; a view unless the parameter is strided)."""
-    return np.ascontiguousarray(p.detach().numpy())
+    """A parameter as a C-contiguous float32 array on an ALIGN-byte boundary (`_gemm_rows`
+    reads plain row-major memory; a view unless the parameter is strided or placed
+    otherwise)."""
+    return aligned_copy(p.detach().numpy())
 
 
 def _ln(m: nn.Module) -> tuple:
@@ -948,7 +976,7 @@ def run_level(k: RowKernels, w: FusedWeights, kv: tuple[np.ndarray, ...], anc: n
     table, pos = w.tokens[t - 1] if step is not None else w.no_tokens
     if one_call and w.level is not None:
         weight = w.level_heads[t][0]
-        logp = np.empty((rows, weight.shape[0]), dtype=F32)
+        logp = aligned((rows, weight.shape[0]))
         status = k.level(x, t, beams, anc, mask, kv, memory, w.level, w.level_heads[t], logp,
                          chunks, codes, parent, width, table, pos)
         if status:

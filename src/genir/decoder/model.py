@@ -38,6 +38,8 @@ from torch import nn
 
 from genir.decoder.fused import (
     FusedWeights,
+    aligned,
+    aligned_copy,
     fusable,
     query_chunks,
     row_kernels,
@@ -216,11 +218,12 @@ class CodeDecoder(nn.Module):
         return torch.stack([lg.log_softmax(-1).gather(1, codes[:, lv:lv + 1]).squeeze(1)
                             for lv, lg in enumerate(logits)], 1).sum(1)
 
-    def session(self, query: torch.Tensor) -> DecoderSession:
+    def session(self, query: torch.Tensor, *, pack: bool | None = None) -> DecoderSession:
         """Incremental decoding state for beam search over `query` (B, query_dim): the fused
         CPU session (`genir.decoder.fused`) for float32 inference on CPU, else the torch one
-        (autograd on, training mode, another device or dtype, or `compile_decoding`)."""
-        weights = self.fused_weights() if fusable(self, query) else None
+        (autograd on, training mode, another device or dtype, or `compile_decoding`).
+        `pack`: see `fused_weights`."""
+        weights = self.fused_weights(pack=pack) if fusable(self, query) else None
         if weights is None:
             return DecoderSession(self, query)
         return FusedSession(self, query, weights)
@@ -251,23 +254,26 @@ class CodeDecoder(nn.Module):
             self.fused_pack = bool(pack)
         return self
 
-    def fused_weights(self) -> FusedWeights | None:
+    def fused_weights(self, *, pack: bool | None = None) -> FusedWeights | None:
         """The arrays `FusedSession` reads, made once and kept until a parameter changes (in
         place, as training and load_state_dict do, new data, as `.to` does, or a new
         parameter or module assigned; writes through `p.data` bump no version and are
-        missed); None when a parameter is not float32 on CPU. New weights come unpacked;
-        asked for again unchanged (with `fuse_decoding`'s pack and one_call on, the
-        defaults), a packed copy takes their place: packing costs ~20 ms with the default
-        decoder, against 0.65 ms for the rest, which a search every training step (AVG's
-        discriminative loss) would pay each step."""
-        packs = getattr(self, "fused_pack", True) and getattr(self, "fused_one_call", True)
-        key = (packs, *_parameter_state(self, []))
+        missed); None when a parameter is not float32 on CPU. `pack` (None: the model's
+        `fuse_decoding` setting, on by default): the level's products read weights packed
+        by MKL from the first request on, so every search on the same weights runs the same
+        products and returns the same bits (packed and plain products may round apart on
+        some CPUs). Packing costs ~20 ms with the default decoder against 0.65 ms for the
+        rest; a caller that searches once per weight update (AVG's discriminative loss,
+        every training step) asks for pack=False."""
+        # (a model pickled whole before a setting existed lacks its attribute: the default)
+        pack = getattr(self, "fused_pack", True) if pack is None else pack
+        key = (pack and getattr(self, "fused_one_call", True), *_parameter_state(self, []))
         if self._fused is None or self._fused[0] != key:
             ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
                      for p in self.parameters())
-            self._fused = (key, FusedWeights(self) if ok else None)
-        elif key[0] and self._fused[1] is not None and not self._fused[1].packed:
-            self._fused = (key, self._fused[1].with_packs())
+            weights = FusedWeights(self) if ok else None
+            self._fused = (key, weights.with_packs() if weights is not None and key[0]
+                           else weights)
         return self._fused[1]
 
     def compile_decoding(self, enabled: bool = True) -> CodeDecoder:
@@ -418,7 +424,7 @@ class FusedSession(DecoderSession):
             keys = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
             values = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
             kernels, chunks = split(self.kernels, q * n_mem, q)
-            kernels.memory(np.ascontiguousarray(query.numpy()), w.memory, keys, values, chunks)
+            kernels.memory(aligned_copy(query.numpy()), w.memory, keys, values, chunks)
             self.mask = np.ones((q, n_mem), dtype=np.bool_)
         else:
             mem, mask = model.memory(query)
@@ -436,7 +442,8 @@ class FusedSession(DecoderSession):
                         for _ in model.blocks)
         self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
         self.anc[0] = np.arange(q)
-        x = np.repeat(w.start[None], q, 0)   # (torch's expand + add + copy: 80-100 us a batch)
+        x = aligned((q, w.start.shape[0]))   # (torch's expand + add + copy: 80-100 us a batch)
+        x[:] = w.start
         self.logp = run_level(self.kernels, w, self.kv, self.anc, self.memory, self.mask, x, 0,
                               1, self.one_call)
         # the whole-query chunks the last level ran in: the beam search's step splits its
@@ -488,7 +495,7 @@ class FusedSession(DecoderSession):
                 kv[:t, :old.shape[1]] = old[:t]
                 grown.append(kv)
             self.kv = tuple(grown)
-        x = np.empty((n, self.weights_fused.start.shape[0]), dtype=np.float32)
+        x = aligned((n, self.weights_fused.start.shape[0]))
         step = (np.ascontiguousarray(codes, dtype=np.int64),
                 np.ascontiguousarray(parent, dtype=np.int64), width)
         self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,

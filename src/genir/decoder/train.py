@@ -175,7 +175,7 @@ def discriminative_loss(model: CodeDecoder, query: torch.Tensor, target: torch.T
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        leaves, _ = constrained_beam_search(model.session(query), trie, num_queries=b,
+        leaves, _ = constrained_beam_search(model.session(query, pack=False), trie, num_queries=b,
                                             beam_size=beam_size)
     model.train(was_training)
     leaves = leaves.clone()                                   # (B, beam), -1 padded

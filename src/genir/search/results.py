@@ -18,11 +18,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from genir.reduce import dot
+
 F32 = np.float32
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy",
-            fastmath={"reassoc", "contract", "arcp", "nsz"})
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def top_items(leaves, leaf_scores, offsets, items, queries, emb, rerank, out_scores,
               out_rows):  # type: ignore[no-untyped-def]
     """leaves (Q, B) int64, -1 = none; leaf_scores (Q, B) float32; offsets / items: the ID
@@ -38,6 +39,7 @@ def top_items(leaves, leaf_scores, offsets, items, queries, emb, rerank, out_sco
             if leaf >= 0:
                 n += offsets[leaf + 1] - offsets[leaf]
         most = max(most, n)
+    dim = emb.shape[1]
     cand = np.empty(most, np.int64)
     score = np.empty(most, np.float32)
     for i in range(nq):
@@ -49,12 +51,8 @@ def top_items(leaves, leaf_scores, offsets, items, queries, emb, rerank, out_sco
             for slot in range(offsets[leaf], offsets[leaf + 1]):
                 item = items[slot]
                 cand[n] = item
-                if rerank:
-                    e, qv = emb[item], queries[i]
-                    acc = F32(0.0)
-                    for d in range(e.shape[0]):
-                        acc += e[d] * qv[d]
-                    score[n] = acc
+                if rerank:   # (flat offsets, a fixed order: `genir.reduce`)
+                    score[n] = dot(emb, item * dim, queries, i * dim, dim)  # type: ignore[call-arg]
                 else:
                     score[n] = leaf_scores[i, j]
                 n += 1
