@@ -421,16 +421,19 @@ ALIGN = 64
 def aligned(shape: tuple[int, ...], *, zeros: bool = False) -> np.ndarray:
     """An uninitialised (or, with `zeros`, zeroed: calloc'd pages, resident only once
     written) float32 C-contiguous array of `shape` starting on an ALIGN-byte boundary."""
-    size = int(np.prod(shape)) * 4
+    size = 4
+    for n in shape:     # (np.prod and .ctypes cost microseconds: a few calls every search)
+        size *= n
     buf = (np.zeros if zeros else np.empty)(size + ALIGN, np.uint8)
-    start = -buf.ctypes.data % ALIGN
+    start = -buf.__array_interface__["data"][0] % ALIGN
     return buf[start:start + size].view(F32).reshape(shape)
 
 
 def aligned_copy(a: np.ndarray) -> np.ndarray:
     """`a` as a float32 C-contiguous array on an ALIGN-byte boundary: `a` itself if it is
     one, else a copy."""
-    if (a.dtype == F32 and a.flags.c_contiguous and a.ctypes.data % ALIGN == 0):
+    if (a.dtype == F32 and a.flags.c_contiguous
+            and a.__array_interface__["data"][0] % ALIGN == 0):
         return a
     out = aligned(a.shape)
     out[...] = a

@@ -442,8 +442,10 @@ class FusedSession(DecoderSession):
                         for _ in model.blocks)
         self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
         self.anc[0] = np.arange(q)
-        x = aligned((q, w.start.shape[0]))   # (torch's expand + add + copy: 80-100 us a batch)
-        x[:] = w.start
+        # a level's tokens, rewritten every level: one aligned buffer, grown with the beams
+        self._tokens = aligned((q, w.start.shape[0]))
+        x = self._tokens
+        x[:] = w.start                  # (torch's expand + add + copy: 80-100 us a batch)
         self.logp = run_level(self.kernels, w, self.kv, self.anc, self.memory, self.mask, x, 0,
                               1, self.one_call)
         # the whole-query chunks the last level ran in: the beam search's step splits its
@@ -495,7 +497,9 @@ class FusedSession(DecoderSession):
                 kv[:t, :old.shape[1]] = old[:t]
                 grown.append(kv)
             self.kv = tuple(grown)
-        x = aligned((n, self.weights_fused.start.shape[0]))
+        if n > len(self._tokens):
+            self._tokens = aligned((n, self._tokens.shape[1]))
+        x = self._tokens[:n]
         step = (np.ascontiguousarray(codes, dtype=np.int64),
                 np.ascontiguousarray(parent, dtype=np.int64), width)
         self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
