@@ -234,6 +234,25 @@ def test_kernels_compiled_in_a_process_equal_those_loaded_from_the_cache(built, 
             assert got.tobytes() == scores.tobytes(), run
 
 
+@pytest.mark.slow   # compiles the search's kernels for another CPU: ~40 s
+def test_kernels_compiled_for_a_generic_cpu_give_the_same_bits(built, tmp_path):
+    """numba's kernels compiled for a generic x86-64 CPU (no AVX, no FMA instruction: fma
+    is then a libm call) search to the same bits as those compiled for this CPU: their
+    sums have a stated order and their multiply-adds are fused by name, so what is left
+    to differ between CPUs is MKL's products."""
+    index, *_, q, _ = built
+    index.save(tmp_path / "idx")
+    np.save(tmp_path / "q.npy", q)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "NUMBA_CPU_NAME": "generic"}
+    subprocess.run([sys.executable, "-c", SEARCH_IN_A_NEW_PROCESS, str(tmp_path / "idx"),
+                    str(tmp_path / "q.npy"), str(tmp_path / "generic"), str(torch.get_num_threads())],
+                   check=True, env=env)
+    for rerank in (False, True):
+        scores, rows = index.search(q, 10, rerank=rerank)
+        assert np.array_equal(np.load(tmp_path / f"generic_{int(rerank)}_rows.npy"), rows)
+        assert np.load(tmp_path / f"generic_{int(rerank)}_scores.npy").tobytes() == scores.tobytes()
+
+
 def test_load_rejects_corrupt_files(built, tmp_path):
     index = built[0]
     index.save(tmp_path / "idx")
