@@ -45,10 +45,12 @@ probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder
 them); the loops on two threads 1.32-1.66x the row kernels on one; 2.24-3.49x at batch 1 (where levels of
 fewer than 32 rows run serial). Used by `CodeDecoder.session` for inference on CPU in
 float32 (autograd off, eval mode, not compiled); everything else takes the torch session.
-The functions compile once per install into numba's cache (25 s for a first batch-32
+The functions compile once per install into numba's cache (~20-25 s for a first batch-32
 search from an empty cache, most of it numba's parallel lowering of `_level`, `_memory`
-and the beam search's split step; 5.0 s more for a first batch-1 search), then load in
-~0.6 s per process.
+and the beam search's split step; ~5 s more for a first batch-1 search; `genir compile`,
+run by `make install`, does it ahead), then load in ~0.5 s per process. No fastmath: sums
+in a fixed order and explicit FMAs (`genir.reduce`), so a kernel gives the same bits
+however and whenever it was compiled.
 """
 
 from __future__ import annotations
