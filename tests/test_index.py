@@ -186,30 +186,44 @@ for rerank in (False, True):
 """
 
 
+def search_in_new_process(index, q, folder, run, **env):
+    """index.search(q, 10) with rerank off and on, in a new Python process (with `env`
+    added to the environment) that loads the index saved in `folder` -> {rerank: (scores,
+    rows)}. Saves the index and the queries there first, unless already there."""
+    if not (folder / "idx").exists():
+        index.save(folder / "idx")
+        np.save(folder / "q.npy", q)
+    subprocess.run([sys.executable, "-c", SEARCH_IN_A_NEW_PROCESS, str(folder / "idx"),
+                    str(folder / "q.npy"), str(folder / run), str(torch.get_num_threads())],
+                   check=True, env={**os.environ, **env})
+    return {rerank: tuple(np.load(folder / f"{run}_{int(rerank)}_{name}.npy")
+                          for name in ("scores", "rows")) for rerank in (False, True)}
+
+
+def assert_same_bits(got, want, what):
+    """(scores, rows) equal, the scores bit for bit."""
+    assert np.array_equal(got[1], want[1]), what
+    assert got[0].tobytes() == want[0].tobytes(), what
+
+
 def test_search_does_not_depend_on_call_history_or_process(built, tmp_path):
     """A search's rows and scores depend only on the index, the queries and the options:
     the first search after new weights, the next ones, a search with the same queries
     stored at another alignment, and a search of the saved index in a new process are
     bitwise equal (same machine: across CPUs they may differ in the last bits)."""
     index, *_, q, _ = built
-    index.save(tmp_path / "idx")
+    other_process = search_in_new_process(index, q, tmp_path, "out")
     fresh = GenerativeIndex.load(tmp_path / "idx")        # weights never searched
     shifted = np.empty(q.size + 1, dtype=np.float32)[1:].reshape(q.shape)  # 4 bytes off
     shifted[:] = q
-    np.save(tmp_path / "q.npy", q)
-    subprocess.run([sys.executable, "-c", SEARCH_IN_A_NEW_PROCESS, str(tmp_path / "idx"),
-                    str(tmp_path / "q.npy"), str(tmp_path / "out"), str(torch.get_num_threads())],
-                   check=True)
     for rerank in (False, True):
         first = fresh.search(q, 10, rerank=rerank)
         runs = {"second search": fresh.search(q, 10, rerank=rerank),
                 "queries at another alignment": fresh.search(shifted, 10, rerank=rerank),
                 "the index saved": index.search(q, 10, rerank=rerank),
-                "a new process": tuple(np.load(tmp_path / f"out_{int(rerank)}_{name}.npy")
-                                       for name in ("scores", "rows"))}
-        for name, (scores, rows) in runs.items():
-            assert np.array_equal(rows, first[1]), name
-            assert scores.tobytes() == first[0].tobytes(), name
+                "a new process": other_process[rerank]}
+        for what, got in runs.items():
+            assert_same_bits(got, first, what)
 
 
 @pytest.mark.slow   # compiles the search's kernels from an empty numba cache: ~40 s
@@ -219,19 +233,13 @@ def test_kernels_compiled_in_a_process_equal_those_loaded_from_the_cache(built, 
     (With fastmath's reassociation the compiler chose each sum's order by context, and a
     freshly compiled kernel rounded otherwise than its cached copy.)"""
     index, *_, q, _ = built
-    index.save(tmp_path / "idx")
-    np.save(tmp_path / "q.npy", q)
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
-    for run in ("compiled", "cached"):
-        subprocess.run([sys.executable, "-c", SEARCH_IN_A_NEW_PROCESS, str(tmp_path / "idx"),
-                        str(tmp_path / "q.npy"), str(tmp_path / run), str(torch.get_num_threads())],
-                       check=True, env=env)
+    cache = {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    runs = {run: search_in_new_process(index, q, tmp_path, run, **cache)
+            for run in ("compiled", "cached")}
     for rerank in (False, True):
-        scores, rows = index.search(q, 10, rerank=rerank)
-        for run in ("compiled", "cached"):
-            got = np.load(tmp_path / f"{run}_{int(rerank)}_scores.npy")
-            assert np.array_equal(np.load(tmp_path / f"{run}_{int(rerank)}_rows.npy"), rows)
-            assert got.tobytes() == scores.tobytes(), run
+        want = index.search(q, 10, rerank=rerank)
+        for run, got in runs.items():
+            assert_same_bits(got[rerank], want, run)
 
 
 @pytest.mark.slow   # compiles the search's kernels for another CPU: ~40 s
@@ -241,16 +249,10 @@ def test_kernels_compiled_for_a_generic_cpu_give_the_same_bits(built, tmp_path):
     sums have a stated order and their multiply-adds are fused by name, so what is left
     to differ between CPUs is MKL's products."""
     index, *_, q, _ = built
-    index.save(tmp_path / "idx")
-    np.save(tmp_path / "q.npy", q)
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "NUMBA_CPU_NAME": "generic"}
-    subprocess.run([sys.executable, "-c", SEARCH_IN_A_NEW_PROCESS, str(tmp_path / "idx"),
-                    str(tmp_path / "q.npy"), str(tmp_path / "generic"), str(torch.get_num_threads())],
-                   check=True, env=env)
+    got = search_in_new_process(index, q, tmp_path, "generic", NUMBA_CPU_NAME="generic",
+                                NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     for rerank in (False, True):
-        scores, rows = index.search(q, 10, rerank=rerank)
-        assert np.array_equal(np.load(tmp_path / f"generic_{int(rerank)}_rows.npy"), rows)
-        assert np.load(tmp_path / f"generic_{int(rerank)}_scores.npy").tobytes() == scores.tobytes()
+        assert_same_bits(got[rerank], index.search(q, 10, rerank=rerank), "generic CPU")
 
 
 def test_load_rejects_corrupt_files(built, tmp_path):
