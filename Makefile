@@ -41,7 +41,7 @@ install-python: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,clip,serve,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,clip,serve,bench,tables,datasets]'
 	touch $(STAMP)
 
 # apt-get install the Debian packages $(1) unless dpkg already has them all

@@ -95,3 +95,38 @@ def write_openclipart(root: Path) -> Path:
             put(root, f"png/{rel}.png", png_bytes(size, color=rgb))
             put(root, f"svg/{rel}.svg", svg_text(f"{color} {shape}", (color, shape, "clipart")))
     return root
+
+
+def write_tiny_clip(path: Path, dim: int = 16) -> None:
+    """Random tiny CLIPModel + CLIP BPE tokenizer + image processor, all under `path`."""
+    import json
+    import string
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    # Byte-level BPE vocab: specials, then every lowercase letter and digit, alone
+    # (mid-word) and with CLIP's end-of-word suffix; no merges needed.
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    chars = string.ascii_lowercase + string.digits
+    tokens = specials + list(chars) + [c + "</w>" for c in chars]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer.from_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=37,
+                         max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
+                         eos_token_id=vocab["<|endoftext|>"],
+                         pad_token_id=vocab["<|endoftext|>"]),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=37),
+        projection_dim=dim,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32},
+                       crop_size={"height": 32, "width": 32}).save_pretrained(path)

@@ -87,8 +87,10 @@ def test_search_by_image(fmnist_index, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--text", "a shoe"], "image-only"),
-    ([], "exactly one of --text or --image"),
-    (["--text", "x", "--image", "y.png"], "exactly one"),
+    ([], "give a text query, an image, both, or a vector"),
+    (["--text", "x", "--vector", "[1, 2]"], "vector alone"),
+    (["--vector", "[1, 2]"], "numbers, got 2"),
+    (["--vector", "[1, 'a']"], "not a JSON array"),
     (["--image", "missing.png"], "is not a file"),
     (["--text", "   "], "empty"),
 ])
@@ -178,7 +180,7 @@ def test_eval_universal_task_builds_and_scores_both_pools(universal_dir, data_di
 
 @pytest.mark.parametrize("args,message", [
     (("eval", "fashion-mnist", "--task", "text_to_image"), "not both"),
-    (("eval",), "name a bundled task"),
+    (("eval",), "name a source or bundled task"),
     (("eval", "--task", "nope"), "unknown universal task 'nope'"),
 ])
 def test_eval_universal_bad_arguments(args, message):

@@ -196,7 +196,7 @@ def test_text_query_on_image_only_encoder_is_refused(folder):
             return self.inner.encode_images(images)
 
     with TestClient(create_app(folder, encoder=ImageOnly()), raise_server_exceptions=False) as c:
-        assert_error(c.post("/search", data={"text": "stripes"}), 422, "images only")
+        assert_error(c.post("/search", data={"text": "stripes"}), 422, "image-only", "query it with an image")
         assert c.post("/search", files=image_file()).status_code == 200
 
 

@@ -1,9 +1,12 @@
 """`genir` command line: a thin adapter over `genir.tasks` and `GenerativeIndex`.
 
     genir demo                     both bundled tasks, results table, JSON under runs/demo
-    genir build TASK --out DIR     build and save an index on a bundled task
-    genir search DIR --text "..."  query a saved index (or --image PATH)
-    genir eval TASK [--index DIR]  score genir, genir+rerank and flat k-NN; table + JSON
+    genir build SOURCE --out DIR   build and save an index on your data (a folder of images,
+                                   a table, an embeddings file), a paper's benchmark
+                                   (inshop:ROOT, coco:JSON, mbeir:QUERIES, ...) or a
+                                   bundled task (fashion-mnist, openclipart)
+    genir search DIR --text "..."  query a saved index (or --image PATH, --vector JSON)
+    genir eval SOURCE [--index DIR]  score genir, genir+rerank and flat k-NN; table + JSON
     genir build universal --out DIR    one GENIUS-style index over every universal task's pool
     genir eval --task NAME [--index DIR]  a universal task (or "all"): task pool and global pool
     genir compile                  compile the search kernels into numba's cache (once)
@@ -15,7 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -24,8 +27,35 @@ from genir.index import MAX_K
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Generative retrieval over images and text.")
 
-TaskArg = Annotated[str, typer.Argument(help="bundled task: fashion-mnist or openclipart "
-                                              "(build: or universal)")]
+TaskArg = Annotated[str, typer.Argument(
+    help="what to index: a folder of images, a table (.jsonl/.csv/.parquet), embeddings (.npy, "
+         "or .parquet with a vector column), NAME:PATH (folder, table, vectors, inshop, cub200, "
+         "cars196, flickr30k, coco, mbeir) or a bundled task (fashion-mnist, openclipart; "
+         "build: or universal)")]
+EncoderOpt = Annotated[str, typer.Option(
+    "--encoder", help="default (bundled towers, chosen by what the items are), "
+    "efficientnet-lite0, sentence-transformers[:PATH_OR_NAME], clip:PATH_OR_NAME (Hugging "
+    "Face CLIPModel folder), none (your own embeddings)")]
+IdColOpt = Annotated[str, typer.Option("--id-column", help="table/parquet: the id column")]
+TextColOpt = Annotated[str, typer.Option("--text-column", help="table: the text column")]
+ImageColOpt = Annotated[str, typer.Option("--image-column", help="table: the image path column "
+                                          "(relative to the table)")]
+LabelColOpt = Annotated[str, typer.Option("--label-column", help="table/parquet: the label "
+                                          "column (optional)")]
+VectorColOpt = Annotated[str, typer.Option("--vector-column", help="parquet: the vector column")]
+IdsOpt = Annotated[str | None, typer.Option("--ids", help=".npy embeddings: a file with one id "
+                                            "per line (default: <stem>.ids.txt, else row numbers)")]
+ImageRootOpt = Annotated[str | None, typer.Option(
+    "--image-root", help="inshop, flickr30k, coco, mbeir: the folder the image paths are under")]
+SplitOpt = Annotated[str | None, typer.Option(
+    "--split", help="cub200/cars196: classes (default) or official; flickr30k/coco: test "
+    "(default), val, train, restval")]
+AllCaptionsOpt = Annotated[bool, typer.Option("--all-captions", help="coco: keep every caption "
+                                              "(default: the first 5 per image, as UniIR)")]
+PoolOpt = Annotated[str, typer.Option("--pool", help="mbeir: local (the task's pool) or union")]
+WorkOpt = Annotated[Path | None, typer.Option(
+    "--work-dir", help="where embeddings stream to while building (default: .OUT.work beside "
+    "--out); a build killed half way resumes from it")]
 UniversalDirOpt = Annotated[Path, typer.Option("--data", help="the universal tasks' folder "
                                                "(written there first if missing)")]
 DEFAULT_UNIVERSAL_DATA = Path("runs/universal/tasks")
@@ -44,7 +74,7 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="progress bars on long work")]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
@@ -132,9 +162,15 @@ def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index 
           quick: QuickOpt = False, steps: StepsOpt = None, limit: LimitOpt = None,
           tokenizer: TokenizerOpt = "rq", data_dir: UniversalDirOpt = DEFAULT_UNIVERSAL_DATA,
           tune_tower: TowerOpt = None, cache_dir: CacheOpt = None,
-          progress: ProgressOpt = True) -> None:
-    """Build a generative index on a bundled task (or "universal": every universal task's
-    candidates in one index) and save it to --out."""
+          progress: ProgressOpt = True, encoder: EncoderOpt = "default",
+          id_column: IdColOpt = "id", text_column: TextColOpt = "text",
+          image_column: ImageColOpt = "image", label_column: LabelColOpt = "label",
+          vector_column: VectorColOpt = "vector", ids: IdsOpt = None,
+          image_root: ImageRootOpt = None, split: SplitOpt = None,
+          all_captions: AllCaptionsOpt = False, pool: PoolOpt = "local",
+          work_dir: WorkOpt = None) -> None:
+    """Build a generative index and save it to --out: on your data or a paper's benchmark
+    (SOURCE), on a bundled task, or "universal" (every universal task's candidates)."""
     from genir import tasks
 
     if task == "universal":
@@ -145,6 +181,30 @@ def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index 
         typer.echo(json.dumps(index.stats(), indent=1))
         typer.echo(f"saved {len(index)} items to {out}")
         return
+    if task not in tasks.TASKS:
+        from genir.data.corpus import MissingDataError
+        from genir.encoders.registry import parse_encoder
+        from genir.pipeline import build_source, default_config
+
+        if limit is not None or tune_tower is not None:
+            _fail("--limit and --tune-tower/--frozen-tower apply to the bundled tasks, not to "
+                  f"{task}")
+        source = _open_source(task, id_column, text_column, image_column, label_column,
+                              vector_column, ids, image_root, split, all_captions, pool)
+        try:
+            spec = parse_encoder(encoder)
+            config = None
+            if tokenizer != "rq" or quick:
+                config = default_config(len(source.items))
+                config.tokenizer = tokenizer
+                config.check()
+                if quick:
+                    config.train.steps = 300
+            build_source(source, out, encoder=spec, config=config, steps=steps,
+                         work_dir=work_dir, progress=progress, log=typer.echo)
+        except (MissingDataError, ValueError, OSError, ImportError) as exc:
+            _fail(str(exc))
+        return
     config = _config(task, quick, steps, tokenizer)
     data = _prepare(task, cache_dir=cache_dir, num_queries=1, limit=limit, progress=progress,
                     tune_tower=tune_tower)
@@ -154,10 +214,33 @@ def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index 
     typer.echo(f"saved {len(index)} items to {out}")
 
 
+def _open_source(spec: str, id_column: str, text_column: str, image_column: str,
+                 label_column: str, vector_column: str, ids: str | None,
+                 image_root: str | None, split: str | None, all_captions: bool,
+                 pool: str) -> Any:
+    from genir.data.corpus import MissingDataError
+    from genir.data.sources import Columns, SourceOptions, open_source
+
+    options = SourceOptions(columns=Columns(id=id_column, text=text_column, image=image_column,
+                                            label=label_column, vector=vector_column),
+                            ids=ids, image_root=image_root, split=split,
+                            all_captions=all_captions, pool=pool)
+    try:
+        return open_source(spec, options)
+    except (MissingDataError, ValueError, ImportError) as exc:
+        from genir import tasks
+
+        bundled = f"; bundled tasks: {', '.join(tasks.TASKS)}" if "no such file" in str(exc) else ""
+        _fail(f"{exc}{bundled}")
+
+
 @app.command()
 def search(index_dir: Annotated[Path, typer.Argument(help="a folder written by genir build")],
            text: Annotated[str | None, typer.Option(help="a text query")] = None,
            image: Annotated[Path | None, typer.Option(help="an image file as the query")] = None,
+           vector: Annotated[str | None, typer.Option(
+               help="a query vector: a JSON array of numbers, or a .npy file (an index of "
+                    "your own embeddings)")] = None,
            k: Annotated[int, typer.Option("-k", min=1, max=MAX_K, help="results")] = 10,
            rerank: Annotated[bool, typer.Option(help="rerank by embedding similarity")] = False,
            beam_size: Annotated[int | None, typer.Option(min=1, help="beam width")] = None,
@@ -165,33 +248,26 @@ def search(index_dir: Annotated[Path, typer.Argument(help="a folder written by g
                help="what to retrieve, e.g. 'retrieve the caption of this image' (needed by a "
                     "universal index)")] = None,
            as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """Search a saved index with a text or an image (and, for a universal index, an
-    instruction)."""
+    """Search a saved index with a text, an image, both, or a vector (and, for a universal
+    index, an instruction)."""
     from genir.encoders.base import ImageLoadError
     from genir.index import GenerativeIndex
-    from genir.query import QueryEncoder
+    from genir.query import QueryEncoder, assemble_query
 
-    if (text is None) == (image is None):
-        _fail("pass exactly one of --text or --image")
-    if text is not None and not text.strip():
-        _fail("--text is empty")
     if image is not None and not image.is_file():
         _fail(f"--image {image} is not a file")
     try:
+        numbers = _read_vector(vector) if vector is not None else None
         index = GenerativeIndex.load(index_dir)
         encoder = QueryEncoder.for_index(index_dir, index)
-        q = encoder.encode_texts([text]) if text is not None else encoder.encode_images([image])
-        if instruction is not None:
-            from genir.instructions import parse_instruction
-
-            ins = parse_instruction(instruction)
-            if ins.query_modality != ("text" if text is not None else "image"):
-                _fail(f"instruction {ins.text!r} expects a {ins.query_modality} query")
-            instruction = ins.text
-        decoder_q = encoder.decoder_input(q, instruction)
+        query = assemble_query(encoder, text=text, image=image, vector=numbers,
+                               instruction=instruction,
+                               item_modality=index.extra.get("item_modality", "image"),
+                               dim=index.item_emb.shape[1])
     except (FileNotFoundError, ValueError, ImageLoadError, TypeError) as exc:
         _fail(str(exc))
-    scores, rows = index.search(decoder_q, k, rerank=rerank, beam_size=beam_size, query_emb=q)
+    scores, rows = index.search(query.decoder_input, k, rerank=rerank, beam_size=beam_size,
+                                query_emb=query.emb)
     hits = [{"rank": r + 1, "item_id": index.item_ids[i], "row": int(i), "score": float(s)}
             for r, (s, i) in enumerate(zip(scores[0], rows[0], strict=True)) if i >= 0]
     if as_json:
@@ -199,6 +275,30 @@ def search(index_dir: Annotated[Path, typer.Argument(help="a folder written by g
         return
     for h in hits:
         typer.echo(f"{h['rank']:>4}  {h['score']:>9.4f}  {h['item_id']}")
+
+
+def _read_vector(value: str) -> list[float]:
+    """--vector: a JSON array, or a .npy file holding one vector."""
+    import numpy as np
+
+    if value.endswith(".npy"):
+        try:
+            array = np.load(value)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--vector {value}: not a readable .npy file ({exc})") from exc
+        if array.ndim == 2 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 1 or array.dtype.kind not in "fiu":
+            raise ValueError(f"--vector {value}: expected one vector, got shape {array.shape}")
+        return [float(x) for x in array]
+    try:
+        numbers = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--vector is not a JSON array of numbers: {exc.msg}") from exc
+    if not isinstance(numbers, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+        raise ValueError("--vector must be a JSON array of numbers")
+    return [float(x) for x in numbers]
 
 
 @app.command("eval")
@@ -210,23 +310,40 @@ def eval_(task: Annotated[str | None, typer.Argument(
           index_dir: Annotated[Path | None, typer.Option("--index", help="a saved index; "
                                                          "built from scratch if omitted")] = None,
           json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
-          quick: QuickOpt = False, num_queries: QueriesOpt = 1000, steps: StepsOpt = None,
+          quick: QuickOpt = False,
+          num_queries_set: Annotated[int | None, typer.Option(
+              "--num-queries", min=1, help="evaluation queries (bundled tasks: 1000; sources: "
+              "all, or a seeded sample of this many)")] = None,
+          steps: StepsOpt = None,
           limit: LimitOpt = None, beam_size: Annotated[int | None, typer.Option(min=1)] = None,
           tokenizer: TokenizerOpt = "rq", data_dir: UniversalDirOpt = DEFAULT_UNIVERSAL_DATA,
           tune_tower: TowerOpt = None, cache_dir: CacheOpt = None,
-          progress: ProgressOpt = True) -> None:
-    """Score genir, genir+rerank and flat k-NN on a bundled task, or on a universal task
+          progress: ProgressOpt = True, id_column: IdColOpt = "id",
+          text_column: TextColOpt = "text", image_column: ImageColOpt = "image",
+          label_column: LabelColOpt = "label", vector_column: VectorColOpt = "vector",
+          ids: IdsOpt = None, image_root: ImageRootOpt = None, split: SplitOpt = None,
+          all_captions: AllCaptionsOpt = False, pool: PoolOpt = "local") -> None:
+    """Score genir, genir+rerank and flat k-NN: on a source (its benchmark queries, or its
+    labels / captions) with a saved --index, on a bundled task, or on a universal task
     (--task) in its own pool and in the global pool."""
     if (task is None) == (universal_task is None):
-        _fail("name a bundled task (genir eval fashion-mnist) or a universal one "
+        _fail("name a source or bundled task (genir eval fashion-mnist) or a universal task "
               "(genir eval --task text_to_image), not both")
+    from genir import tasks
+
+    if task is not None and task not in tasks.TASKS:
+        _eval_source(task, index_dir=index_dir, json_out=json_out, num_queries=num_queries_set,
+                     beam_size=beam_size, progress=progress,
+                     source_args=(id_column, text_column, image_column, label_column,
+                                  vector_column, ids, image_root, split, all_captions, pool))
+        return
+    num_queries = num_queries_set or 1000
     if universal_task is not None:
         _eval_universal(universal_task, index_dir=index_dir, json_out=json_out, quick=quick,
                         steps=steps, beam_size=beam_size, data_dir=data_dir,
                         cache_dir=cache_dir, progress=progress)
         return
     assert task is not None
-    from genir import tasks
     from genir.index import GenerativeIndex
     from genir.query import QueryEncoder
 
@@ -257,6 +374,26 @@ def eval_(task: Annotated[str | None, typer.Argument(
               + (" with this --limit" if limit else ""))
     result = tasks.evaluate(data, index, beam_size=beam_size)
     typer.echo(tasks.format_table(result))
+    if json_out is not None:
+        _write_json(json_out, result.to_dict())
+
+
+def _eval_source(spec: str, *, index_dir: Path | None, json_out: Path | None,
+                 num_queries: int | None, beam_size: int | None, progress: bool,
+                 source_args: tuple) -> None:
+    from genir.data.corpus import MissingDataError
+    from genir.pipeline import evaluate_source, format_result
+
+    source = _open_source(spec, *source_args)
+    if index_dir is None:
+        _fail(f"give the index to evaluate: genir build {spec} --out DIR, then "
+              f"genir eval {spec} --index DIR")
+    try:
+        result = evaluate_source(source, index_dir, num_queries=num_queries,
+                                 beam_size=beam_size, progress=progress)
+    except (MissingDataError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(format_result(result))
     if json_out is not None:
         _write_json(json_out, result.to_dict())
 

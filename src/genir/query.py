@@ -8,13 +8,13 @@ it) and refuses a query modality the encoder cannot embed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genir.encoders.base import ImageLike
-from genir.encoders.cache import EmbeddingCache
 
 
 class QueryEncoder:
@@ -25,43 +25,41 @@ class QueryEncoder:
 
     @classmethod
     def for_index(cls, index_dir: str | Path, index: Any) -> QueryEncoder:
+        """The encoder the index's manifest names; for an index of your own vectors (encoder
+        "none") one that embeds nothing: query it with vectors."""
+        from genir.encoders.registry import load_encoder
+
         spec = index.extra.get("encoder")
         if not spec:
             raise ValueError(f"{index_dir}: the index names no encoder; embed queries yourself "
                              "and call GenerativeIndex.search(vectors, k)")
-        kind = spec.get("type")
-        if kind == "efficientnet-lite0":
-            from genir.encoders.towers import EfficientNetLiteTower
-
-            return cls(spec, EfficientNetLiteTower(image_size=spec["image_size"]))
-        if kind == "efficientnet-lite0-tuned":
-            from genir.encoders.tuning import TunedEfficientNetLite
-
-            return cls(spec, TunedEfficientNetLite.load(Path(index_dir) / spec["path"]))
-        if kind == "aligned":
-            from genir.encoders.aligned import AlignedEncoder
-
-            return cls(spec, AlignedEncoder.load(Path(index_dir) / spec["path"],
-                                                 cache=EmbeddingCache(enabled=False)))
-        if kind == "pixel-hash":
-            from genir.encoders.simple import PixelHashEncoder
-
-            return cls(spec, PixelHashEncoder(dim=spec["dim"], seed=spec["seed"]))
-        raise ValueError(f"{index_dir}: unknown encoder type {kind!r} in the manifest")
+        try:
+            return cls(spec, load_encoder(spec, index_dir))
+        except ValueError as exc:
+            raise ValueError(f"{index_dir}: {exc} in the manifest") from exc
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """Query modalities this encoder embeds."""
-        return ("image", "text") if hasattr(self.encoder, "encode_texts") else ("image",)
+        """Query modalities this encoder embeds (none for an index of your own vectors)."""
+        return tuple(m for m in ("image", "text") if hasattr(self.encoder, f"encode_{m}s"))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if not hasattr(self.encoder, "encode_texts"):
-            raise ValueError("this index was embedded by an image-only encoder "
-                             f"({self.spec['type']}); query it with an image")
+        if "text" not in self.modalities:
+            raise ValueError(self._cannot("text"))
         return self.encoder.encode_texts(list(texts))
 
     def encode_images(self, images: Sequence[ImageLike]) -> np.ndarray:
+        if "image" not in self.modalities:
+            raise ValueError(self._cannot("image"))
         return self.encoder.encode_images(list(images))
+
+    def _cannot(self, modality: str) -> str:
+        if not self.modalities:
+            return ("this index holds your own embeddings (encoder none): query it with a "
+                    "vector")
+        kind = "an image-only" if self.modalities == ("image",) else "a text-only"
+        return (f"this index was embedded by {kind} encoder ({self.spec['type']}); query it "
+                f"with {' or '.join(f'an {m}' if m == 'image' else f'a {m}' for m in self.modalities)}")
 
     @property
     def needs_instruction(self) -> bool:
@@ -81,3 +79,83 @@ class QueryEncoder:
         if instruction not in self._instruction_emb:
             self._instruction_emb[instruction] = self.encode_texts([instruction])[0]
         return decoder_input(query_emb, self._instruction_emb[instruction])
+
+
+class QueryError(ValueError):
+    """A query that cannot be made: the message says what to change (HTTP 422, exit 2)."""
+
+
+@dataclass
+class Query:
+    """One assembled query: what the decoder reads and the query in the items' space."""
+
+    decoder_input: np.ndarray   # (1, Dq)
+    emb: np.ndarray             # (1, D) for rerank
+    modality: str               # "image" | "text" | "image_text" | "vector"
+    instruction: str | None
+
+
+def assemble_query(encoder: QueryEncoder, *, text: str | None = None, image: ImageLike = None,
+                   vector: Sequence[float] | np.ndarray | None = None,
+                   instruction: str | None = None, item_modality: str = "image",
+                   dim: int | None = None) -> Query:
+    """Text, an image, both (their embeddings' normalised mean), or a vector (as given), plus
+    an instruction where the index wants one -> a `Query`. The one place the CLI and the
+    service make queries; QueryError names what is wrong.
+
+    item_modality: what the index holds ("image", "text", "mixed" for a universal index,
+    "vector"): an instruction must ask for it. dim: the items' width, checked for vectors.
+    """
+    from genir.instructions import parse_instruction
+
+    if vector is not None and (text is not None or image is not None):
+        raise QueryError("give a vector alone, not with a text or an image")
+    if text is None and image is None and vector is None:
+        raise QueryError("give a text query, an image, both, or a vector")
+    if text is not None and not text.strip():
+        raise QueryError("the text query is empty")
+    if vector is not None:
+        q = np.asarray(vector, dtype=np.float32).reshape(1, -1) if not isinstance(
+            vector, str) else np.zeros((1, 0), np.float32)
+        if q.shape[1] == 0 or (dim is not None and q.shape[1] != dim):
+            raise QueryError(f"the vector must have {dim} numbers, got {q.shape[1]}")
+        if not np.isfinite(q).all():
+            raise QueryError("the vector has a NaN or inf")
+        modality = "vector"
+    else:
+        modality = "image_text" if text is not None and image is not None else (
+            "text" if text is not None else "image")
+        parts = []
+        try:
+            if image is not None:
+                parts.append(encoder.encode_images([image])[0])
+            if text is not None:
+                parts.append(encoder.encode_texts([text.strip()])[0])
+        except ValueError as exc:
+            raise QueryError(str(exc)) from exc
+        q = np.mean(parts, axis=0, keepdims=True).astype(np.float32)
+        q /= max(float(np.linalg.norm(q)), 1e-12)
+    ins = None
+    if instruction is not None and instruction.strip():
+        try:
+            ins = parse_instruction(instruction)
+        except ValueError as exc:
+            raise QueryError(str(exc)) from None
+        if not encoder.needs_instruction and ins.target_modality != item_modality:
+            raise QueryError(f"instruction {ins.text!r} asks for {ins.target_modality} items; "
+                             f"this index holds {item_modality} items")
+        if modality != "vector" and ins.query_modality != modality:
+            raise QueryError(f"instruction {ins.text!r} expects a {ins.query_modality} query; "
+                             f"this query is {modality}")
+    elif encoder.needs_instruction:
+        from genir.instructions import INSTRUCTIONS
+
+        raise QueryError("this universal index needs an instruction naming what to retrieve: "
+                         + "; ".join(f'"{i.text}"' for i in INSTRUCTIONS
+                                     if modality == "vector" or i.query_modality == modality))
+    try:
+        decoder_q = encoder.decoder_input(q, ins.text if ins else None)
+    except ValueError as exc:
+        raise QueryError(str(exc)) from exc
+    return Query(decoder_input=decoder_q, emb=q, modality=modality,
+                 instruction=ins.text if ins else None)

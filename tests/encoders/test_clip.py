@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import string
-
 import numpy as np
 import pytest
 from PIL import Image
 
 pytest.importorskip("transformers")
 
+from fixtures import write_tiny_clip  # noqa: E402
 from genir.encoders.base import Encoder  # noqa: E402
 from genir.encoders.clip import CLIPEncoder  # noqa: E402
 
@@ -23,44 +21,12 @@ def _offline(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-def _write_tiny_clip(path) -> None:
-    """Random tiny CLIPModel + CLIP BPE tokenizer + image processor, all under `path`."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    # Byte-level BPE vocab: specials, then every lowercase letter and digit, alone
-    # (mid-word) and with CLIP's end-of-word suffix; no merges needed.
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    chars = string.ascii_lowercase + string.digits
-    tokens = specials + list(chars) + [c + "</w>" for c in chars]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(path)
-    tokenizer.save_pretrained(path)
-
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=37,
-                         max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=37),
-        projection_dim=DIM,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32},
-                       crop_size={"height": 32, "width": 32}).save_pretrained(path)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_clip")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        _write_tiny_clip(path)
+        write_tiny_clip(path)
     return path
 
 

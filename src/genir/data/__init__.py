@@ -6,7 +6,10 @@ import.
 
 from __future__ import annotations
 
-from genir.data.benchmarks import (
+from genir.data.corpus import Corpus, MissingDataError
+from genir.data.fashion_mnist import load_fashion_mnist
+from genir.data.openclipart import load_openclipart
+from genir.data.papers import (
     RetrievalSplit,
     load_cars196,
     load_cub200,
@@ -14,9 +17,6 @@ from genir.data.benchmarks import (
     load_karpathy,
     load_mbeir,
 )
-from genir.data.corpus import Corpus, MissingDataError
-from genir.data.fashion_mnist import load_fashion_mnist
-from genir.data.openclipart import load_openclipart
 from genir.data.universal import build_universal_tasks, load_universal_task
 from genir.data.wordnet import load_wordnet
 

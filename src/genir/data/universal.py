@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from genir.data.benchmarks import RetrievalSplit, load_mbeir
 from genir.data.corpus import MissingDataError
+from genir.data.papers import RetrievalSplit, load_mbeir
 from genir.io import file_digest
 
 __all__ = ["TASKS", "TASK_SPECS", "TaskSpec", "build_universal_tasks", "load_universal_task"]

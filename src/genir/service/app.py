@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import threading
 import time
@@ -32,8 +33,8 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from genir.index import MAX_K, GenerativeIndex
-from genir.instructions import INSTRUCTIONS, Instruction, parse_instruction
-from genir.query import QueryEncoder
+from genir.instructions import INSTRUCTIONS
+from genir.query import QueryEncoder, QueryError, assemble_query
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -144,28 +145,25 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
         k: Annotated[int, Form(description=f"results, 1..{MAX_K}")] = 10,
         rerank: Annotated[bool, Form(description="order candidates by embedding similarity")]
         = False,
+        vector: Annotated[str | None, Form(description="a query vector as a JSON array of "
+                                           "numbers, in the items' space (alone: no text or "
+                                           "image); the way to query your own embeddings")]
+        = None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
         if not 1 <= k <= MAX_K:
             raise HTTPException(422, f"k must be between 1 and {MAX_K}, got {k}")
         text = _check_text(text, "text") if text is not None else None
         pil = _read_image(image) if _has_file(image) else None
-        if text is None and pil is None:
-            raise HTTPException(422, "give a text query, an image, or both")
-        modality = "image_text" if text is not None and pil is not None else (
-            "text" if text is not None else "image")
-        ins = _check_instruction(instruction, modality, state)
-        if "text" in modality and "text" not in state.encoder.modalities:
-            raise HTTPException(422, "this index's encoder embeds images only; "
-                                     "search it with an image")
-        parts = []
-        if pil is not None:
-            parts.append(state.encoder.encode_images([pil])[0])
-        if text is not None:
-            parts.append(state.encoder.encode_texts([text])[0])
-        q = np.mean(parts, axis=0, keepdims=True).astype(np.float32)
-        q /= max(float(np.linalg.norm(q)), 1e-12)
-        decoder_q = state.encoder.decoder_input(q, ins.text if ins else None)
+        numbers = _parse_vector(vector) if vector is not None else None
+        try:
+            query = assemble_query(state.encoder, text=text, image=pil, vector=numbers,
+                                   instruction=instruction, item_modality=state.item_modality,
+                                   dim=state.index.item_emb.shape[1])
+        except QueryError as exc:
+            raise HTTPException(422, str(exc)) from None
+        decoder_q, q, modality = query.decoder_input, query.emb, query.modality
+        ins = query
         with state.lock:
             scores, rows = state.index.search(decoder_q, k, rerank=rerank, query_emb=q)
             results = [_item_json(state.index, int(r), rank=n + 1, score=float(s))
@@ -174,7 +172,7 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
             state.latencies_ms.append(took)
             state.queries_served += 1
         return {"results": results, "took_ms": took,
-                "query": {"modality": modality, "instruction": ins.text if ins else None,
+                "query": {"modality": modality, "instruction": ins.instruction,
                           "k": k, "rerank": rerank}}
 
     @app.get("/items/{item_id:path}/thumbnail", summary="An item's thumbnail (PNG)",
@@ -208,12 +206,30 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
         caption: Annotated[str | None, Form(description="the item's caption")] = None,
         item_id: Annotated[str | None, Form(alias="id", description="a new unique id; "
                                             "generated when absent")] = None,
+        vector: Annotated[str | None, Form(description="the item's embedding as a JSON array "
+                                           "(an index of your own embeddings)")] = None,
     ) -> dict[str, Any]:
         if state.index.store is None:
             raise HTTPException(403, "this service is read-only")
         caption = _check_text(caption, "caption") if caption is not None else None
         item_id = _check_id(item_id) if item_id is not None else uuid.uuid4().hex
         pil = _read_image(image) if _has_file(image) else None
+        if (state.item_modality == "vector") != (vector is not None):
+            raise HTTPException(422, "this index holds your own embeddings: give the item's "
+                                     "vector" if state.item_modality == "vector" else
+                                     f"this index embeds its {state.item_modality} items "
+                                     "itself: give an image or caption, not a vector")
+        if vector is not None:
+            emb = np.asarray([_parse_vector(vector)], dtype=np.float32)
+            if emb.shape[1] != state.index.item_emb.shape[1] or not np.isfinite(emb).all():
+                raise HTTPException(422, f"vector must hold {state.index.item_emb.shape[1]} "
+                                         "finite numbers")
+            meta = {"caption": caption or "", "source": "added"}
+            with state.lock:
+                if item_id in state.index:
+                    raise HTTPException(409, f"item id {item_id!r} is already in the index")
+                state.index.add(emb, [item_id], item_meta=[meta])
+                return {**_item_json(state.index, state.index.row_of(item_id)), "durable": True}
         if state.universal:   # the item's modality is what it was given
             if pil is None and caption is None:
                 raise HTTPException(422, "give the item's image, caption, or both")
@@ -276,25 +292,15 @@ def _check_id(item_id: str) -> str:
     return item_id
 
 
-def _check_instruction(instruction: str | None, modality: str,
-                       state: ServiceState) -> Instruction | None:
-    if instruction is None or not instruction.strip():
-        if state.universal:
-            raise HTTPException(422, "this universal index needs an instruction naming what to "
-                                     "retrieve: " + "; ".join(f'"{i.text}"' for i in INSTRUCTIONS
-                                                               if i.query_modality == modality))
-        return None
+def _parse_vector(vector: str) -> list[float]:
     try:
-        ins = parse_instruction(instruction)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    if not state.universal and ins.target_modality != state.item_modality:
-        raise HTTPException(422, f"instruction {ins.text!r} asks for {ins.target_modality} "
-                                 f"items; this index holds {state.item_modality} items")
-    if ins.query_modality != modality:
-        raise HTTPException(422, f"instruction {ins.text!r} expects a {ins.query_modality} "
-                                 f"query; this query is {modality}")
-    return ins
+        numbers = json.loads(vector)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"vector is not JSON: {exc.msg}") from None
+    if not isinstance(numbers, list) or not numbers or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+        raise HTTPException(422, "vector must be a JSON array of numbers")
+    return [float(x) for x in numbers]
 
 
 def _read_image(upload: UploadFile | None) -> Image.Image:

@@ -20,7 +20,7 @@ preprocessing, encoding or evaluation.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from genir.data.corpus import Corpus, MissingDataError
+from genir.data.readers import jsonl as _jsonl
+from genir.data.readers import lines as _lines
 
 __all__ = ["RetrievalSplit", "load_cars196", "load_cub200", "load_inshop", "load_karpathy",
            "load_mbeir"]
@@ -35,8 +37,9 @@ __all__ = ["RetrievalSplit", "load_cars196", "load_cub200", "load_inshop", "load
 INSHOP_HINT = ("DeepFashion In-shop Clothes Retrieval Benchmark (Eval/list_eval_partition.txt "
                "and img/) from the DeepFashion page of the CUHK Multimedia Laboratory")
 CUB_HINT = "CUB-200-2011 (CUB_200_2011.tgz, unpacked) from the Caltech-UCSD Birds page"
-CARS_HINT = ("Stanford Cars (cars_annos.mat and car_ims.tgz, unpacked side by side) from the "
-             "Stanford Cars Dataset page (Krause et al., 3dRR 2013)")
+CARS_HINT = ("Stanford Cars (cars_annos.mat and car_ims.tgz unpacked side by side, or the devkit "
+             "with cars_train/ and cars_test/) from the Stanford Cars Dataset page (Krause et "
+             "al., 3dRR 2013)")
 KARPATHY_HINT = ("the Karpathy split (dataset_flickr30k.json / dataset_coco.json in "
                  "caption_datasets.zip) from Andrej Karpathy's NeuralTalk page; the images from "
                  "the Flickr30K and MS-COCO 2014 pages")
@@ -77,19 +80,24 @@ class RetrievalSplit:
 
 # -- DeepFashion In-shop ---------------------------------------------------------------------
 
-def load_inshop(root: str | Path) -> RetrievalSplit:
+def load_inshop(root: str | Path, *, image_root: str | Path | None = None) -> RetrievalSplit:
     """DeepFashion In-shop Clothes Retrieval: 14,218 queries, 12,612 gallery images.
 
     Reads `root/Eval/list_eval_partition.txt` (line 1: the row count, line 2: the header
     "image_name item_id evaluation_status", then `img/... id_00000001 train|query|gallery`).
     Rows with status "train" are ignored. Item ids are the image names (`img/...`), images
-    are `root/<image_name>`. Labels are item ids mapped to ints by one mapping shared by both
-    corpora (`label_names[label]` is the item id); `relevant[q]` lists the gallery rows with
-    the query's item id (IRGen protocol), empty if the gallery has none.
+    are `image_root/<image_name>`; image_root defaults to `root` when `root/img/` exists,
+    else to `root/Img` (the official release unpacks the images as `Img/img/...`). Labels
+    are item ids mapped to ints by one mapping shared by both corpora (`label_names[label]`
+    is the item id); `relevant[q]` lists the gallery rows with the query's item id (IRGen
+    protocol), empty if the gallery has none.
     """
     root = Path(root)
     path = root / INSHOP_PARTITION
     _require_files([path], INSHOP_HINT)
+    if image_root is None:
+        image_root = root if (root / "img").is_dir() or not (root / "Img").is_dir() else root / "Img"
+    image_root = Path(image_root)
     rows: dict[str, list[tuple[str, str]]] = {"query": [], "gallery": []}
     seen: set[str] = set()
     declared, num_rows = -1, 0
@@ -126,9 +134,10 @@ def load_inshop(root: str | Path) -> RetrievalSplit:
     def corpus(status: str) -> Corpus:
         names = [name for name, _ in rows[status]]
         return Corpus(name=f"inshop-{status}", item_ids=names, modality="image",
-                      images=[str(root / name) for name in names],
+                      images=[str(image_root / name) for name in names],
                       labels=np.array([label_of[i] for _, i in rows[status]], dtype=np.int64),
-                      label_names=label_names, metadata={"root": str(root), "split": status})
+                      label_names=label_names,
+                      metadata={"root": str(root), "image_root": str(image_root), "split": status})
 
     gallery, queries = corpus("gallery"), corpus("query")
     _require_first_image(gallery.images, INSHOP_HINT)
@@ -189,54 +198,61 @@ def load_cub200(root: str | Path, *, split: str = "classes") -> RetrievalSplit:
 def load_cars196(root: str | Path, *, split: str = "classes") -> RetrievalSplit:
     """Stanford Cars test images as both queries and gallery (`query_is_gallery=True`).
 
-    root holds `cars_annos.mat` (variable `annotations`: a 1xN struct array with fields
-    relative_im_path, bbox_x1, bbox_y1, bbox_x2, bbox_y2, class, test; and `class_names`)
-    and the unpacked `car_ims/`. Label names come from `class_names`, else from
-    `devkit/cars_meta.mat`, else are absent.
+    Reads either layout of the release:
+    - `cars_annos.mat` (variable `annotations`: a 1xN struct array with fields
+      relative_im_path, bbox_x1, bbox_y1, bbox_x2, bbox_y2, class, test; and `class_names`)
+      beside the unpacked `car_ims/`; item ids are relative_im_path (`car_ims/000001.jpg`);
+    - the devkit layout (as torchvision reads it): `devkit/cars_train_annos.mat` and
+      `cars_test_annos_withlabels.mat` (at the root or in devkit/; fields bbox_x1 ... class
+      fname) beside `cars_train/` and `cars_test/`; item ids are `cars_train/<fname>` and
+      `cars_test/<fname>`, test = 1 for the second file's rows.
+    Label names come from `class_names`, else from `devkit/cars_meta.mat`, else are absent.
     split "classes" (default; IRGen protocol): the 8,131 images of classes 99-196. split
-    "official": the 8,041 images with test == 1, over all 196 classes.
-    Item ids are relative_im_path (`car_ims/000001.jpg`); labels are class - 1.
+    "official": the 8,041 images with test == 1, over all 196 classes. Labels are class - 1.
     Needs scipy (ImportError otherwise). Malformed records raise ValueError naming
-    `cars_annos.mat:annotations(i)`, i counted from 1 as in MATLAB.
+    `<file>.mat:annotations(i)`, i counted from 1 as in MATLAB.
     """
     if split not in CUB_SPLITS:
         raise ValueError(f"unknown Stanford Cars split {split!r}; valid splits: {list(CUB_SPLITS)}")
     root = Path(root)
     annos_path = root / "cars_annos.mat"
-    _require_files([annos_path], CARS_HINT)
-    mat = _loadmat(annos_path)
-    annotations = mat.get("annotations")
-    names = annotations.dtype.names if isinstance(annotations, np.ndarray) else None
-    if names is None:
-        raise ValueError(f"{annos_path}: no struct array 'annotations' "
-                         f"(variables: {sorted(k for k in mat if not k.startswith('__'))})")
-    missing = [f for f in CARS_FIELDS if f not in names]
-    if missing:
-        raise ValueError(f"{annos_path}: 'annotations' lacks the fields {missing} (has {list(names)})")
-    assert isinstance(annotations, np.ndarray)
+    train_path = root / "devkit" / "cars_train_annos.mat"
+    test_path = next((p for p in (root / "cars_test_annos_withlabels.mat",
+                                  root / "devkit" / "cars_test_annos_withlabels.mat")
+                      if p.is_file()), root / "cars_test_annos_withlabels.mat")
+    if annos_path.is_file() or not train_path.is_file():
+        _require_files([annos_path], CARS_HINT)
+        mat = _loadmat(annos_path)
+        records = _cars_records(annos_path, mat, CARS_FIELDS, lambda r, w: (
+            _mat_str(r["relative_im_path"], f"{w}.relative_im_path"),
+            _mat_int(r["test"], f"{w}.test")))
+        class_names = mat.get("class_names")
+    else:
+        _require_files([train_path, test_path], CARS_HINT)
+        records = []
+        for path, folder, test in ((train_path, "cars_train", 0), (test_path, "cars_test", 1)):
+            records += _cars_records(
+                path, _loadmat(path), ("fname", "class"),
+                lambda r, w, f=folder, t=test: (f"{f}/{_mat_str(r['fname'], f'{w}.fname')}", t))
+        class_names = None
     item_ids: list[str] = []
     labels: list[int] = []
     seen: set[str] = set()
-    for i, record in enumerate(annotations.ravel(), start=1):
-        where = f"{annos_path}:annotations({i})"
-        rel_path = _mat_str(record["relative_im_path"], f"{where}.relative_im_path")
-        class_id = _mat_int(record["class"], f"{where}.class")
-        test = _mat_int(record["test"], f"{where}.test")
+    for where, rel_path, class_id, test in records:
         if class_id < 1 or test not in (0, 1):
             raise ValueError(f"{where}: class must be >= 1 and test 0 or 1, got {class_id}, {test}")
         if rel_path in seen:
-            raise ValueError(f"{where}: duplicate relative_im_path {rel_path!r}")
+            raise ValueError(f"{where}: duplicate image {rel_path!r}")
         seen.add(rel_path)
         if (test == 1) if split == "official" else (class_id in CARS_TEST_CLASSES):
             item_ids.append(rel_path)
             labels.append(class_id - 1)
-    class_names = mat.get("class_names")
     meta_path = root / "devkit" / "cars_meta.mat"
     if class_names is None and meta_path.is_file():
         class_names = _loadmat(meta_path).get("class_names")
     label_names = None
     if isinstance(class_names, np.ndarray):
-        label_names = [_mat_str(c, f"{annos_path}:class_names({k})")
+        label_names = [_mat_str(c, f"class_names({k})")
                        for k, c in enumerate(class_names.ravel(), start=1)]
     corpus = Corpus(name=f"cars196-test-{split}", item_ids=item_ids, modality="image",
                     images=[str(root / p) for p in item_ids],
@@ -244,6 +260,27 @@ def load_cars196(root: str | Path, *, split: str = "classes") -> RetrievalSplit:
                     metadata={"root": str(root), "split": split})
     _require_first_image(corpus.images, CARS_HINT)
     return RetrievalSplit(gallery=corpus, queries=corpus, query_is_gallery=True)
+
+
+def _cars_records(path: Path, mat: dict[str, Any], fields: Sequence[str],
+                  read: Any) -> list[tuple[str, str, int, int]]:
+    """The `annotations` struct array of a Cars .mat file -> (where, image, class, test) rows;
+    `read(record, where)` gives (image, test)."""
+    annotations = mat.get("annotations")
+    names = annotations.dtype.names if isinstance(annotations, np.ndarray) else None
+    if names is None:
+        raise ValueError(f"{path}: no struct array 'annotations' "
+                         f"(variables: {sorted(k for k in mat if not k.startswith('__'))})")
+    missing = [f for f in fields if f not in names]
+    if missing:
+        raise ValueError(f"{path}: 'annotations' lacks the fields {missing} (has {list(names)})")
+    assert isinstance(annotations, np.ndarray)
+    out = []
+    for i, record in enumerate(annotations.ravel(), start=1):
+        where = f"{path}:annotations({i})"
+        rel_path, test = read(record, where)
+        out.append((where, rel_path, _mat_int(record["class"], f"{where}.class"), test))
+    return out
 
 
 def _loadmat(path: Path) -> dict[str, Any]:
@@ -285,8 +322,8 @@ def _mat_int(value: Any, where: str) -> int:
 
 # -- Flickr30K / MS-COCO Karpathy split ------------------------------------------------------
 
-def load_karpathy(json_path: str | Path, *, image_root: str | Path,
-                  split: str = "test") -> RetrievalSplit:
+def load_karpathy(json_path: str | Path, *, image_root: str | Path, split: str = "test",
+                  max_captions: int | None = None) -> RetrievalSplit:
     """One split of `dataset_flickr30k.json` / `dataset_coco.json` for text -> image retrieval.
 
     The json is {"images": [{"filename", "filepath" (COCO only), "split", "sentences":
@@ -296,8 +333,11 @@ def load_karpathy(json_path: str | Path, *, image_root: str | Path,
     `image_root/filepath/filename` (or `image_root/filename`), text its first caption;
     metadata["image_ids"] holds cocoid, else imgid. Queries: every caption of those images
     (modality "text"), item id `<image item id>#<k>` as in Flickr30K's token file;
-    relevant[q] = [the row of its image].
+    relevant[q] = [the row of its image]. max_captions keeps only each image's first captions
+    (UniIR and GENIUS keep 5 per COCO image; a few COCO images have 6 or 7).
     """
+    if max_captions is not None and max_captions < 1:
+        raise ValueError(f"max_captions must be >= 1, got {max_captions}")
     if split not in KARPATHY_SPLITS:
         raise ValueError(f"unknown Karpathy split {split!r}; valid splits: {list(KARPATHY_SPLITS)}")
     json_path, image_root = Path(json_path), Path(image_root)
@@ -332,11 +372,12 @@ def load_karpathy(json_path: str | Path, *, image_root: str | Path,
         item_ids.append(rel)
         images.append(str(image_root / rel))
         image_ids.append(entry.get("cocoid", entry.get("imgid")))
-        captions.append([s["raw"].strip() for s in sentences])
+        captions.append([s["raw"].strip() for s in sentences][:max_captions])
     if len(set(item_ids)) != len(item_ids):
         raise ValueError(f"{json_path}: split {split!r} lists an image twice")
     dataset = str(data.get("dataset") or json_path.stem)
-    meta = {"json": str(json_path), "image_root": str(image_root), "split": split}
+    meta = {"json": str(json_path), "image_root": str(image_root), "split": split,
+            "max_captions": max_captions}
     gallery = Corpus(name=f"{dataset}-{split}-images", item_ids=item_ids, modality="image",
                      images=images, texts=[c[0] if c else "" for c in captions],
                      metadata={**meta, "image_ids": image_ids})
@@ -352,7 +393,8 @@ def load_karpathy(json_path: str | Path, *, image_root: str | Path,
 # -- M-BEIR ----------------------------------------------------------------------------------
 
 def load_mbeir(query_jsonl: str | Path, candidate_pool_jsonl: str | Path,
-               qrels_txt: str | Path | None = None, *, image_root: str | Path) -> RetrievalSplit:
+               qrels_txt: str | Path | None = None, *, image_root: str | Path,
+               missing_positives: str = "drop") -> RetrievalSplit:
     """One M-BEIR query file against one candidate pool (UniIR).
 
     Query lines: {"qid", "query_txt", "query_img_path", "query_modality", "query_src_content",
@@ -367,8 +409,15 @@ def load_mbeir(query_jsonl: str | Path, candidate_pool_jsonl: str | Path,
     file and are not prepended here, and neg_cand_list and src_content are not kept.
     relevant[q]: gallery rows of the query's pos_cand_list, or, when qrels_txt is given, of
     its qrels lines ("qid 0 did relevance task_id", relevance > 0; qids not in the query
-    file are skipped). An unknown did raises ValueError naming the qid and the did.
+    file are skipped). A positive did that is not in the pool (OVEN's and InfoSeek's
+    queries list positives of the other data set) is dropped, as UniIR does, and counted
+    in queries.metadata["dropped_positives"]; missing_positives="raise" raises ValueError
+    naming the qid and the did instead.
     """
+    if missing_positives not in ("drop", "raise"):
+        raise ValueError(f"missing_positives must be 'drop' or 'raise', got {missing_positives!r}")
+    dropped: list[int] = [0]
+    strict = missing_positives == "raise"
     query_path, pool_path, image_root = Path(query_jsonl), Path(candidate_pool_jsonl), Path(image_root)
     qrels_path = Path(qrels_txt) if qrels_txt is not None else None
     _require_files([query_path, pool_path] + ([qrels_path] if qrels_path else []), MBEIR_HINT)
@@ -410,13 +459,15 @@ def load_mbeir(query_jsonl: str | Path, candidate_pool_jsonl: str | Path,
             positives = obj.get("pos_cand_list")
             if not isinstance(positives, list) or not all(isinstance(d, str) for d in positives):
                 raise ValueError(f"{where}: expected 'pos_cand_list' as a list of dids")
-            relevant.append(_rows(positives, row_of, f"{where}: query {qid!r}", pool_path))
+            relevant.append(_rows(positives, row_of, f"{where}: query {qid!r}", pool_path,
+                                  strict, dropped))
     if qrels_path is not None:
-        relevant = _read_qrels(qrels_path, qids, row_of, pool_path)
+        relevant = _read_qrels(qrels_path, qids, row_of, pool_path, strict, dropped)
 
     gallery = _mbeir_corpus(pool_path.stem, dids, pool, {"pool": str(pool_path)})
     queries = _mbeir_corpus(query_path.stem, qids, queries_data,
-                            {"queries": str(query_path), "task_ids": task_ids})
+                            {"queries": str(query_path), "task_ids": task_ids,
+                             "dropped_positives": dropped[0]})
     _require_first_image([p for p in (queries.images or []) if p is not None]
                          + [p for p in (gallery.images or []) if p is not None], MBEIR_HINT)
     return RetrievalSplit(gallery=gallery, queries=queries, relevant=relevant)
@@ -451,19 +502,24 @@ def _mbeir_corpus(name: str, item_ids: list[str], columns: dict[str, list[Any]],
                   texts=columns["texts"], metadata={**metadata, "modalities": modalities})
 
 
-def _rows(dids: Sequence[str], row_of: dict[str, int], where: str, pool_path: Path) -> list[int]:
-    """dids -> their gallery rows, first occurrence order, duplicates dropped."""
+def _rows(dids: Sequence[str], row_of: dict[str, int], where: str, pool_path: Path,
+          strict: bool, dropped: list[int]) -> list[int]:
+    """dids -> their gallery rows, first occurrence order, duplicates dropped; a did not in
+    the pool raises (strict) or is counted in dropped[0]."""
     rows: list[int] = []
     for did in dids:
         if did not in row_of:
+            if not strict:
+                dropped[0] += 1
+                continue
             raise ValueError(f"{where}: positive candidate did {did!r} is not in {pool_path}")
         if row_of[did] not in rows:
             rows.append(row_of[did])
     return rows
 
 
-def _read_qrels(path: Path, qids: list[str], row_of: dict[str, int],
-                pool_path: Path) -> list[list[int]]:
+def _read_qrels(path: Path, qids: list[str], row_of: dict[str, int], pool_path: Path,
+                strict: bool, dropped: list[int]) -> list[list[int]]:
     """M-BEIR qrels ("qid 0 did relevance task_id") -> per query in `qids`, relevant rows."""
     positives: dict[str, list[str]] = {qid: [] for qid in qids}
     for lineno, line in _lines(path):
@@ -474,10 +530,13 @@ def _read_qrels(path: Path, qids: list[str], row_of: dict[str, int],
         if qid not in positives or int(relevance) <= 0:
             continue
         if did not in row_of:
+            if not strict:
+                dropped[0] += 1
+                continue
             raise ValueError(f"{path}:{lineno}: query {qid!r}: relevant did {did!r} is not in "
                              f"{pool_path}")
         positives[qid].append(did)
-    return [_rows(positives[qid], row_of, str(path), pool_path) for qid in qids]
+    return [_rows(positives[qid], row_of, str(path), pool_path, strict, dropped) for qid in qids]
 
 
 # -- shared readers --------------------------------------------------------------------------
@@ -497,29 +556,6 @@ def _require_first_image(paths: Sequence[Any] | np.ndarray | None, hint: str) ->
     """Only the first image is checked: enough to catch unpacked annotations without images."""
     if paths is not None and len(paths) and not Path(paths[0]).is_file():
         raise MissingDataError(f"missing image {paths[0]} (are the images unpacked?). Get {hint}.")
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped line) for each non-blank line of a UTF-8 text file."""
-    try:
-        with path.open(encoding="utf-8") as f:
-            for lineno, raw in enumerate(f, start=1):
-                line = raw.strip()
-                if line:
-                    yield lineno, line
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text: {exc}") from exc
-
-
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for lineno, line in _lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
 
 
 def _str_field(obj: dict[str, Any], key: str, where: str) -> str:

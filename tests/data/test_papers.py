@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fixtures import png_bytes, put
-from genir.data.benchmarks import (
+from genir.data.corpus import MissingDataError
+from genir.data.papers import (
     RetrievalSplit,
     load_cars196,
     load_cub200,
@@ -22,7 +23,6 @@ from genir.data.benchmarks import (
     load_karpathy,
     load_mbeir,
 )
-from genir.data.corpus import MissingDataError
 
 PNG = png_bytes((4, 4))
 
@@ -356,9 +356,9 @@ def write_mbeir(root: Path, queries=MBEIR_QUERIES, pool=MBEIR_POOL) -> Path:
     return root
 
 
-def load(root: Path, qrels: str | None = None) -> RetrievalSplit:
+def load(root: Path, qrels: str | None = None, **options) -> RetrievalSplit:
     return load_mbeir(root / QUERY_FILE, root / POOL_FILE, root / qrels if qrels else None,
-                      image_root=root)
+                      image_root=root, **options)
 
 
 def test_mbeir_mixed_pool_and_positives(tmp_path):
@@ -394,6 +394,20 @@ def test_mbeir_qrels_override_and_uniform_pool(tmp_path):
     assert text_only.queries.modality == "text" and text_only.relevant == [[1]]
 
 
+def test_mbeir_positives_outside_the_pool_are_dropped_and_counted(tmp_path):
+    """OVEN's task-8 queries list InfoSeek positives (`6:...`) absent from OVEN's local pool:
+    UniIR keeps the positives in the pool searched."""
+    queries = [MBEIR_QUERIES[0], {**MBEIR_QUERIES[1], "pos_cand_list": ["9:2", "6:404", "6:405"]},
+               {**MBEIR_QUERIES[2], "pos_cand_list": ["6:1"]}]
+    split = load(write_mbeir(tmp_path / "M-BEIR", queries))
+    assert split.relevant == [[0], [1], []]
+    assert split.queries.metadata["dropped_positives"] == 3
+    root = write_mbeir(tmp_path / "q")
+    put(root, QRELS_FILE, "9:100 0 9:1 1 0\n9:101 0 6:9 1 8\n9:101 0 9:4 1 8\n")
+    split = load(root, QRELS_FILE)
+    assert split.relevant == [[0], [3], []] and split.queries.metadata["dropped_positives"] == 1
+
+
 def test_mbeir_missing_and_malformed(tmp_path):
     root = write_mbeir(tmp_path / "M-BEIR")
     (root / POOL_FILE).unlink()
@@ -403,11 +417,13 @@ def test_mbeir_missing_and_malformed(tmp_path):
         load(write_mbeir(tmp_path / "a"), QRELS_FILE)
     unknown = [MBEIR_QUERIES[0], {**MBEIR_QUERIES[1], "pos_cand_list": ["9:2", "9:404"]}]
     with pytest.raises(ValueError, match=r"test\.jsonl:2: query '9:101'.*'9:404'"):
-        load(write_mbeir(tmp_path / "b", unknown))
+        load(write_mbeir(tmp_path / "b", unknown), missing_positives="raise")
     root = write_mbeir(tmp_path / "c")
     put(root, QRELS_FILE, "9:100 0 9:1 1 0\n9:101 0 9:405 1 1\n")
     with pytest.raises(ValueError, match=r"qrels\.txt:2: query '9:101'.*'9:405'"):
-        load(root, QRELS_FILE)
+        load(root, QRELS_FILE, missing_positives="raise")
+    with pytest.raises(ValueError, match="missing_positives"):
+        load(root, QRELS_FILE, missing_positives="skip")
     put(root, QRELS_FILE, "9:100 0 9:1 1 0\n9:101 9:2 1\n")
     with pytest.raises(ValueError, match=r"qrels\.txt:2: expected"):
         load(root, QRELS_FILE)
