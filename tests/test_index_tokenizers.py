@@ -97,3 +97,30 @@ def test_voken_init_and_query_augmentation_reach_the_decoder(data):
         bad = config("hkmeans")
         bad.voken_init = True
         GenerativeIndex.build(x, config=bad)
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_every_tokenizer_keeps_the_protocol_and_the_one_fit_signature(name, data):
+    """fit(emb, *, side=Side(...)) / encode(emb, *, side=...) for all six; the paper
+    tokenizers' positional forms give the same codes."""
+    from genir.ids.base import Side, Tokenizer
+    from genir.ids.registry import config_class
+
+    x, labels, captions = data
+    modality = np.arange(len(x)) % 3
+    cfg = config(name).rq
+    assert isinstance(config_class(name)(), type(cfg))
+    side = Side(labels=labels, text_emb=captions, modality=modality)
+    tok = TOKENIZERS[name](cfg).fit(x, side=side)
+    assert isinstance(tok, Tokenizer)
+    codes = tok.encode(x, side=side)
+    assert codes.shape == (len(x), cfg.num_levels) and codes.dtype == np.int64
+    positional = {"irgen": (labels,), "avg": (captions,), "genius": (modality,)}.get(name)
+    if positional is not None:
+        again = TOKENIZERS[name](cfg).fit(x, *positional)
+        assert np.array_equal(again.encode(x, *positional[:1]) if name == "genius"
+                              else again.encode(x), codes)
+    for need in tok.fit_needs:
+        with pytest.raises(ValueError, match="needs"):
+            TOKENIZERS[name](cfg).fit(x, side=Side(**{n: v for n, v in vars(side).items()
+                                                      if n != need}))

@@ -28,12 +28,10 @@ from safetensors.torch import load_file
 
 from genir.decoder.model import CodeDecoder, DecoderConfig, init_code_embeddings
 from genir.decoder.train import PairSampler, Sampler, TrainConfig, train_decoder
-from genir.ids.avg import AVGConfig, AVGTokenizer
-from genir.ids.genius import MODALITIES, GeniusConfig, GeniusTokenizer
-from genir.ids.hkmeans import HierarchicalKMeansTokenizer
-from genir.ids.irgen import IRGenConfig, IRGenTokenizer
-from genir.ids.random_ids import RandomTokenizer
-from genir.ids.rq import ResidualQuantizer, RQConfig
+from genir.ids.base import Side
+from genir.ids.genius import MODALITIES
+from genir.ids.registry import TOKENIZERS, config_class, tokenizer_class
+from genir.ids.rq import RQConfig
 from genir.ids.table import IDTable, codebook_utilisation
 from genir.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 from genir.search.beam import constrained_beam_search
@@ -44,29 +42,11 @@ from genir.store import LOCK_FILE, STORE_FILE, ItemStore, WriterLock
 FORMAT_VERSION = 2   # 2: items in items.sqlite (store.py); 1: items in weights + items.json
 READABLE_VERSIONS = (1, 2)
 MAX_K = 1000  # the most results one query may ask for
-# semantic-ID tokenizers by name; each has fit / encode / decode / state_dict / from_state
-TOKENIZERS: dict[str, Any] = {
-    "rq": ResidualQuantizer,                  # plain residual quantization (default)
-    "random": RandomTokenizer,                # random IDs, same length and range (baseline)
-    "hkmeans": HierarchicalKMeansTokenizer,   # hierarchical k-means (DSI / NCI baseline)
-    "irgen": IRGenTokenizer,                  # RQ supervised by class labels (IRGen eq. 3-4)
-    "avg": AVGTokenizer,                      # RQ aligned with captions (AVG eq. 3-6)
-    "genius": GeniusTokenizer,                # modality code first, contrastive (GENIUS eq. 3-8)
-}
-# the config class each tokenizer reads (a subclass of RQConfig: the RQ fields plus its own)
-TOKENIZER_CONFIGS: dict[str, type[RQConfig]] = {"irgen": IRGenConfig, "avg": AVGConfig,
-                                                 "genius": GeniusConfig}
-# what each tokenizer's fit needs beside the item embeddings
-TOKENIZER_NEEDS = {"irgen": "item_labels", "avg": "item_text_emb", "genius": "item_modality"}
+# the build() argument that gives each side input a tokenizer may need (genir.ids.base.Side)
+BUILD_ARGS = {"labels": "item_labels", "text_emb": "item_text_emb", "modality": "item_modality",
+              "pairs": "tokenizer_pairs"}
 # tokenizers whose encode needs each item's modality (item_meta["modality"]: MODALITIES name)
-MODALITY_TOKENIZERS = ("genius",)
-
-
-def tokenizer_class(name: str) -> Any:
-    """The tokenizer class called `name`; a ValueError lists the valid names."""
-    if name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(sorted(TOKENIZERS))}")
-    return TOKENIZERS[name]
+MODALITY_TOKENIZERS = tuple(name for name, cls in TOKENIZERS.items() if "modality" in cls.encode_needs)
 
 
 @dataclass
@@ -93,8 +73,7 @@ class IndexConfig:
     def check(self) -> IndexConfig:
         """Validate the tokenizer name and give `rq` the config class that tokenizer reads
         (its RQ fields kept, the tokenizer's own defaults for the rest). -> self"""
-        tokenizer_class(self.tokenizer)
-        wanted = TOKENIZER_CONFIGS.get(self.tokenizer, RQConfig)
+        wanted = config_class(self.tokenizer)
         if type(self.rq) is not wanted:   # e.g. RQConfig -> IRGenConfig with IRGen defaults
             base = {f: getattr(self.rq, f) for f in RQConfig.__dataclass_fields__}
             self.rq = wanted(**base)
@@ -108,8 +87,7 @@ class IndexConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
         tokenizer = d.get("tokenizer", "rq")
-        tokenizer_class(tokenizer)
-        return cls(tokenizer=tokenizer, rq=TOKENIZER_CONFIGS.get(tokenizer, RQConfig)(**d["rq"]),
+        return cls(tokenizer=tokenizer, rq=config_class(tokenizer)(**d["rq"]),
                    decoder=DecoderConfig(**d["decoder"]),
                    train=TrainConfig(**d["train"]), search=SearchConfig(**d["search"]),
                    voken_init=d.get("voken_init", False))
@@ -178,9 +156,9 @@ class GenerativeIndex:
 
     def _encode(self, emb: np.ndarray, metas: list[dict[str, Any]]) -> np.ndarray:
         """Codes of new items; a modality tokenizer reads each item's meta["modality"]."""
-        if self.config.tokenizer not in MODALITY_TOKENIZERS:
+        if "modality" not in self.tokenizer.encode_needs:
             return self.tokenizer.encode(emb)
-        return self.tokenizer.encode(emb, modality_ids(metas))
+        return self.tokenizer.encode(emb, side=Side(modality=modality_ids(metas)))
 
     @property
     def item_modality(self) -> np.ndarray:
@@ -272,29 +250,22 @@ class GenerativeIndex:
         timings = {}
         t0 = time.perf_counter()
         tokenizer = tokenizer_class(config.tokenizer)(config.rq)
-        need = TOKENIZER_NEEDS.get(config.tokenizer)
-        side = {"item_labels": item_labels, "item_text_emb": item_text_emb,
-                "item_modality": item_modality}.get(need or "")
-        if need and side is None:
-            raise ValueError(f"the {config.tokenizer!r} tokenizer needs {need}: pass "
-                             f"GenerativeIndex.build(..., {need}=...)")
-        if config.tokenizer in MODALITY_TOKENIZERS:
-            modality = np.asarray(item_modality, dtype=np.int64)
+        side = Side(labels=item_labels, text_emb=item_text_emb, modality=item_modality,
+                    pairs=tokenizer_pairs)
+        missing = [BUILD_ARGS[n] for n in tokenizer.fit_needs if getattr(side, n) is None]
+        if missing:
+            raise ValueError(f"the {config.tokenizer!r} tokenizer needs {missing[0]}: pass "
+                             f"GenerativeIndex.build(..., {missing[0]}=...)")
+        if item_modality is not None and "modality" in tokenizer.encode_needs:
+            side.modality = modality = np.asarray(item_modality, dtype=np.int64)
             if modality.shape != (len(item_emb),) or modality.min() < 0 or \
                     modality.max() >= len(MODALITIES):
                 raise ValueError(f"item_modality must be ({len(item_emb)},) ints in 0..2 "
                                  f"({', '.join(MODALITIES)})")
             item_meta = [{**(m or {}), "modality": MODALITIES[int(v)]} for m, v in zip(
                 item_meta or [{} for _ in item_ids], modality, strict=True)]
-            pair_q, pair_t = tokenizer_pairs if tokenizer_pairs is not None else (
-                item_emb, np.arange(len(item_emb)))
-            pair_t = np.asarray(pair_t, dtype=np.int64)
-            tokenizer = tokenizer.fit(item_emb[pair_t], modality[pair_t],
-                                      np.asarray(pair_q, dtype=np.float32))
-            codes = tokenizer.encode(item_emb, modality)
-        else:
-            tokenizer = tokenizer.fit(item_emb, side) if need else tokenizer.fit(item_emb)
-            codes = tokenizer.encode(item_emb)
+        tokenizer = tokenizer.fit(item_emb, side=side)
+        codes = tokenizer.encode(item_emb, side=side)
         timings["tokenizer_s"] = time.perf_counter() - t0
         config.decoder.query_dim = int(np.asarray(queries).shape[1])
         config.decoder.codebook_sizes = tokenizer.codebook_sizes
@@ -518,4 +489,5 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-__all__ = ["FORMAT_VERSION", "MAX_K", "GenerativeIndex", "IndexConfig", "SearchConfig"]
+__all__ = ["FORMAT_VERSION", "MAX_K", "TOKENIZERS", "GenerativeIndex", "IndexConfig",
+           "SearchConfig", "tokenizer_class"]

@@ -64,3 +64,23 @@ def test_bad_input_is_rejected():
         tok.encode(np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError):
         RQConfig(num_levels=0)
+
+
+def test_chunked_residual_update_equals_the_plain_expression():
+    """fit/encode update residuals chunk by chunk in place (one copy of the embeddings in
+    memory); the bits equal `residual - centers[assign(residual, centers)]`."""
+    import torch
+
+    from genir.ids.kmeans import assign
+    from genir.ids.rq import _subtract_nearest
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 8, generator=gen)
+    centers = torch.randn(16, 8, generator=gen)
+    plain = x - centers[assign(x, centers)]
+    before = x.clone()
+    chunked = _subtract_nearest(x, centers, first=True, chunk_size=96)
+    assert torch.equal(chunked, plain) and torch.equal(x, before)   # the input is untouched
+    again = _subtract_nearest(chunked, centers, first=False, chunk_size=7)
+    assert again.data_ptr() == chunked.data_ptr()                    # in place after the first
+    assert torch.equal(again, plain - centers[assign(plain, centers)])

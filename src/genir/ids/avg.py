@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from genir.ids.base import Side
 from genir.ids.kmeans import assign, kmeans
 from genir.ids.rq import RQConfig, _as_tensor
 
@@ -121,6 +122,9 @@ class _AVGNet(nn.Module):
 class AVGTokenizer:
     """tok.fit(image_emb, text_emb); ids = tok.encode(image_emb); rec = tok.decode(ids)."""
 
+    fit_needs: tuple[str, ...] = ("text_emb",)
+    encode_needs: tuple[str, ...] = ()
+
     def __init__(self, config: RQConfig | None = None) -> None:
         self.config = AVGConfig.from_rq(config or AVGConfig())
         self.net: _AVGNet | None = None
@@ -143,8 +147,12 @@ class AVGTokenizer:
         return self.net is not None
 
     def fit(self, image_emb: np.ndarray | torch.Tensor,
-            text_emb: np.ndarray | torch.Tensor | None = None) -> AVGTokenizer:
-        """image_emb (N, D), text_emb (N, D) with row i a caption of image i -> self."""
+            text_emb: np.ndarray | torch.Tensor | None = None, *,
+            side: Side | None = None) -> AVGTokenizer:
+        """image_emb (N, D), text_emb (N, D) (or side.text_emb) with row i a caption of
+        image i -> self."""
+        if text_emb is None and side is not None:
+            text_emb = side.text_emb
         if text_emb is None:
             raise ValueError("AVGTokenizer.fit needs caption vectors: fit(image_emb, text_emb), row i "
                              "a caption of image i (AVG aligns each image's codes with its caption)")
@@ -179,7 +187,7 @@ class AVGTokenizer:
                                      "align": float(out.align)})
         return self
 
-    def encode(self, image_emb: np.ndarray | torch.Tensor) -> np.ndarray:
+    def encode(self, image_emb: np.ndarray | torch.Tensor, *, side: Side | None = None) -> np.ndarray:
         """(N, D) -> (N, M) int64 greedy RQ codes (eq. 2), each in [0, N)."""
         self._check_fitted()
         assert self.net is not None

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genir.ids.base import Side
 from genir.ids.ema import EMAResidualQuantizer
 from genir.ids.rq import RQConfig
 
@@ -178,6 +179,9 @@ class GeniusTokenizer:
     """tok.fit(target_emb, modality, query_emb); ids = tok.encode(emb, modality);
     rec = tok.decode(ids) (fused space). modality: (N,) ints, 0 image, 1 text, 2 image_text."""
 
+    fit_needs: tuple[str, ...] = ("modality",)
+    encode_needs: tuple[str, ...] = ("modality",)
+
     def __init__(self, config: RQConfig | None = None) -> None:
         self.config = GeniusConfig.from_rq(config or GeniusConfig())
         self.fusion: Fusion | None = None
@@ -198,13 +202,24 @@ class GeniusTokenizer:
         return self.fusion is not None and self.rq is not None
 
     def fit(self, target_emb: np.ndarray | torch.Tensor, modality: np.ndarray | torch.Tensor | None = None,
-            query_emb: np.ndarray | torch.Tensor | None = None) -> GeniusTokenizer:
+            query_emb: np.ndarray | torch.Tensor | None = None, *,
+            side: Side | None = None) -> GeniusTokenizer:
         """target_emb (N, D) or (N, 2, D), modality (N,), query_emb (N, D) or (N, 2, D) with
         row i an instruction-bearing query whose target is row i -> self.
+
+        side: side.modality per item, and side.pairs = (queries (P, D), target rows (P,)):
+        the targets are then `target_emb[rows]` with their modalities.
 
         Without queries each target is its own query: L_cl becomes in-batch instance
         discrimination and L_mse vanishes (not the paper's setting, which always has queries).
         """
+        if side is not None and modality is None:
+            modality = side.modality
+            if side.pairs is not None and modality is not None:
+                query_emb, rows = side.pairs
+                rows = np.asarray(rows, dtype=np.int64)
+                target_emb = np.asarray(target_emb)[rows]
+                modality = np.asarray(modality)[rows]
         if modality is None:
             raise ValueError("GeniusTokenizer.fit needs each target's modality: fit(emb, modality) with "
                              "0 image, 1 text, 2 image_text (the first code of every ID)")
@@ -276,8 +291,14 @@ class GeniusTokenizer:
         assert self.rq is not None
         return self.rq.books[0].assign(self.embed(emb, modality)).numpy()
 
-    def encode(self, emb: np.ndarray | torch.Tensor, modality: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(N, D) or (N, 2, D), (N,) -> (N, M) int64; column 0 is the modality."""
+    def encode(self, emb: np.ndarray | torch.Tensor, modality: np.ndarray | torch.Tensor | None = None,
+               *, side: Side | None = None) -> np.ndarray:
+        """(N, D) or (N, 2, D), (N,) modality (or side.modality) -> (N, M) int64; column 0 is
+        the modality."""
+        if modality is None and side is not None:
+            modality = side.modality
+        if modality is None:
+            raise ValueError("GeniusTokenizer.encode needs each item's modality")
         z = self.embed(emb, modality)
         assert self.rq is not None
         with torch.no_grad():

@@ -18,12 +18,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genir.ids.base import Side
 from genir.ids.kmeans import assign, kmeans
 from genir.ids.rq import RQConfig, _as_tensor
 
 
 class HierarchicalKMeansTokenizer:
     """tok.fit(emb); ids = tok.encode(emb); rec = tok.decode(ids)."""
+
+    fit_needs: tuple[str, ...] = ()
+    encode_needs: tuple[str, ...] = ()
 
     def __init__(self, config: RQConfig | None = None) -> None:
         self.config = config or RQConfig()
@@ -42,7 +46,8 @@ class HierarchicalKMeansTokenizer:
     def is_fitted(self) -> bool:
         return len(self.centroids) == self.config.num_levels
 
-    def fit(self, emb: np.ndarray | torch.Tensor) -> HierarchicalKMeansTokenizer:
+    def fit(self, emb: np.ndarray | torch.Tensor, *,
+            side: Side | None = None) -> HierarchicalKMeansTokenizer:
         """(N, D) float -> self. The codes of `emb` are kept in `fit_codes`."""
         x = _as_tensor(emb)
         cfg = self.config
@@ -98,7 +103,7 @@ class HierarchicalKMeansTokenizer:
             centroids[offsets[p]:offsets[p + 1]] = block
         return centroids, offsets, reseeds
 
-    def encode(self, emb: np.ndarray | torch.Tensor) -> np.ndarray:
+    def encode(self, emb: np.ndarray | torch.Tensor, *, side: Side | None = None) -> np.ndarray:
         """(N, D) -> (N, M) int64 codes: greedy descent, nearest child per level."""
         self._check_fitted()
         x = _as_tensor(emb)

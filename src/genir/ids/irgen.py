@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genir.ids.base import Side
 from genir.ids.kmeans import assign
 from genir.ids.rq import ResidualQuantizer, RQConfig, _as_tensor
 
@@ -104,6 +105,9 @@ def irgen_loss(f: torch.Tensor, codebooks: Sequence[torch.Tensor], labels: torch
 class IRGenTokenizer:
     """tok.fit(emb, labels); ids = tok.encode(emb); rec = tok.decode(ids) (projected space)."""
 
+    fit_needs: tuple[str, ...] = ("labels",)
+    encode_needs: tuple[str, ...] = ()
+
     def __init__(self, config: RQConfig | None = None) -> None:
         self.config = IRGenConfig.from_rq(config or IRGenConfig())
         self.projection: nn.Module | None = None
@@ -124,9 +128,12 @@ class IRGenTokenizer:
         return self.projection is not None and self.rq.is_fitted
 
     def fit(self, emb: np.ndarray | torch.Tensor,
-            labels: np.ndarray | Sequence | None = None) -> IRGenTokenizer:
-        """(N, D) float, (N,) class labels (any hashable values) -> self."""
+            labels: np.ndarray | Sequence | None = None, *,
+            side: Side | None = None) -> IRGenTokenizer:
+        """(N, D) float, (N,) class labels (any hashable values; or side.labels) -> self."""
         x = _as_tensor(emb)
+        if labels is None and side is not None:
+            labels = side.labels
         if labels is None:
             raise ValueError("IRGenTokenizer.fit needs class labels: fit(emb, labels) with one label "
                              "per item (IRGen trains its codes with a classification loss)")
@@ -178,7 +185,7 @@ class IRGenTokenizer:
         with torch.no_grad():
             return self.projection(x)
 
-    def encode(self, emb: np.ndarray | torch.Tensor) -> np.ndarray:
+    def encode(self, emb: np.ndarray | torch.Tensor, *, side: Side | None = None) -> np.ndarray:
         """(N, D) -> (N, M) int64: project, then greedy RQ (eq. 1-2)."""
         self._check_fitted()
         return self.rq.encode(self.project(emb))

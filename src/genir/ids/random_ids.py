@@ -13,10 +13,14 @@ import hashlib
 import numpy as np
 import torch
 
+from genir.ids.base import Side
 from genir.ids.rq import RQConfig
 
 
 class RandomTokenizer:
+    fit_needs: tuple[str, ...] = ()
+    encode_needs: tuple[str, ...] = ()
+
     def __init__(self, config: RQConfig | None = None) -> None:
         self.config = config or RQConfig()
         self.dim: int | None = None
@@ -30,7 +34,7 @@ class RandomTokenizer:
     def is_fitted(self) -> bool:
         return self.dim is not None
 
-    def fit(self, emb: np.ndarray) -> RandomTokenizer:
+    def fit(self, emb: np.ndarray, *, side: Side | None = None) -> RandomTokenizer:
         """(N, D) -> self (only the width is learned)."""
         emb = np.asarray(emb)
         if emb.ndim != 2 or len(emb) == 0:
@@ -38,7 +42,7 @@ class RandomTokenizer:
         self.dim = int(emb.shape[1])
         return self
 
-    def encode(self, emb: np.ndarray) -> np.ndarray:
+    def encode(self, emb: np.ndarray, *, side: Side | None = None) -> np.ndarray:
         """(N, D) -> (N, M) int64: a seeded hash of each row's float32 bytes, per level."""
         if self.dim is None:
             raise RuntimeError("the tokenizer is not fitted: call fit(embeddings) first")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from genir.ids.base import Side
 from genir.ids.kmeans import assign, kmeans
 
 
@@ -41,6 +42,9 @@ class RQConfig:
 class ResidualQuantizer:
     """tok.fit(emb); ids = tok.encode(emb); rec = tok.decode(ids)."""
 
+    fit_needs: tuple[str, ...] = ()
+    encode_needs: tuple[str, ...] = ()
+
     def __init__(self, config: RQConfig | None = None) -> None:
         self.config = config or RQConfig()
         self.codebooks: list[torch.Tensor] = []  # per level (K_l, D)
@@ -54,8 +58,8 @@ class ResidualQuantizer:
     def is_fitted(self) -> bool:
         return len(self.codebooks) == self.config.num_levels
 
-    def fit(self, emb: np.ndarray | torch.Tensor) -> ResidualQuantizer:
-        """(N, D) float -> self."""
+    def fit(self, emb: np.ndarray | torch.Tensor, *, side: Side | None = None) -> ResidualQuantizer:
+        """(N, D) float -> self (reads nothing from `side`)."""
         residual = _as_tensor(emb)
         self.codebooks, self.reseeds = [], []
         for level in range(self.config.num_levels):
@@ -65,10 +69,11 @@ class ResidualQuantizer:
                                       max_points=self.config.max_fit_points)
             self.codebooks.append(centers)
             self.reseeds.append(reseeds)
-            residual = residual - centers[assign(residual, centers)]
+            if level + 1 < self.config.num_levels:
+                residual = _subtract_nearest(residual, centers, first=level == 0)
         return self
 
-    def encode(self, emb: np.ndarray | torch.Tensor) -> np.ndarray:
+    def encode(self, emb: np.ndarray | torch.Tensor, *, side: Side | None = None) -> np.ndarray:
         """(N, D) -> (N, M) int64 codes, greedy nearest code per level."""
         self._check_fitted()
         residual = _as_tensor(emb)
@@ -78,7 +83,8 @@ class ResidualQuantizer:
         codes = torch.empty(residual.shape[0], self.config.num_levels, dtype=torch.int64)
         for level, centers in enumerate(self.codebooks):
             codes[:, level] = assign(residual, centers)
-            residual = residual - centers[codes[:, level]]
+            if level + 1 < self.config.num_levels:
+                residual = _subtract_nearest(residual, centers, codes[:, level], first=level == 0)
         return codes.numpy()
 
     def decode(self, codes: np.ndarray | torch.Tensor, num_levels: int | None = None) -> np.ndarray:
@@ -105,10 +111,26 @@ class ResidualQuantizer:
             raise RuntimeError("the tokenizer is not fitted: call fit(embeddings) first")
 
 
+def _subtract_nearest(residual: torch.Tensor, centers: torch.Tensor,
+                      codes: torch.Tensor | None = None, *, first: bool,
+                      chunk_size: int = 65_536) -> torch.Tensor:
+    """residual - its nearest center (or centers[codes]), chunk by chunk, so the memory held is
+    one copy of the embeddings (the caller's array is copied once, at the first level, and
+    updated in place after that) instead of three. Elementwise, so the bits are the same as
+    `residual - centers[assign(residual, centers)]`."""
+    out = residual.clone() if first else residual
+    for start in range(0, out.shape[0], chunk_size):
+        part = out[start:start + chunk_size]
+        idx = codes[start:start + chunk_size] if codes is not None else assign(part, centers)
+        part.sub_(centers[idx])
+    return out
+
+
 def _as_tensor(emb: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(emb, dtype=np.float32))
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"expected a non-empty (N, D) embedding array, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("embeddings contain NaN or inf")
+    for start in range(0, x.shape[0], 65_536):   # chunked: no (N, D) bool temporary
+        if not torch.isfinite(x[start:start + 65_536]).all():
+            raise ValueError("embeddings contain NaN or inf")
     return x
