@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from genir import tasks
 from genir.decoder.train import SameLabelSampler
+from genir_experiments import tasks
 
 
 def main() -> None:

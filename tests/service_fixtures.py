@@ -55,10 +55,10 @@ def make_service_index(folder: Path, n: int = 90) -> Path:
 
 def make_universal_service_index(folder: Path, n: int = 60) -> Path:
     """A tiny universal index: pattern images, their captions, and (image, caption) pairs;
-    the decoder reads [content ; instruction] as genir.universal builds it."""
+    the decoder reads [content ; instruction] as genir.query.decoder_input builds it."""
     from genir.decoder.train import PairSampler
     from genir.instructions import INSTRUCTIONS
-    from genir.universal import decoder_input
+    from genir.query import decoder_input
 
     encoder = PixelHashEncoder(dim=32, seed=0)
     labels = np.arange(n) % 3

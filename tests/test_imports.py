@@ -79,3 +79,18 @@ def test_no_import_cycle_in_src():
     graph = import_graph()
     assert "genir.decoder.fused" in graph["genir.decoder.model"]     # (the graph is read)
     assert cycles(graph) == []
+
+
+def test_the_library_never_imports_the_experiments():
+    """src/genir imports nothing from src/genir_experiments, at load or inside functions
+    (the CLI finds the experiments through an entry point, never by name)."""
+    offenders = []
+    for path in (SRC / "genir").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(SRC)}: {n}" for n in names
+                          if n.split(".")[0] == "genir_experiments"]
+    assert offenders == []
+    graph = import_graph()
+    assert "genir.index" in graph["genir_experiments.registry"]     # (the experiments are read)

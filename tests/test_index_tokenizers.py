@@ -124,3 +124,26 @@ def test_every_tokenizer_keeps_the_protocol_and_the_one_fit_signature(name, data
         with pytest.raises(ValueError, match="needs"):
             TOKENIZERS[name](cfg).fit(x, side=Side(**{n: v for n, v in vars(side).items()
                                                       if n != need}))
+
+
+def test_large_corpora_are_encoded_in_chunks_with_the_same_codes(monkeypatch, data):
+    """Over ENCODE_CHUNK items, build encodes chunk by chunk (a progress bar per chunk): the
+    codes equal one call's, and each chunk gets its own items' modalities."""
+    import genir.index as index_module
+    from genir.ids.base import Side
+    from genir.ids.rq import ResidualQuantizer
+
+    x, _, _ = data
+    monkeypatch.setattr(index_module, "ENCODE_CHUNK", 64)
+    tok = ResidualQuantizer(RQConfig(num_levels=3, codebook_size=8)).fit(x)
+    chunked = index_module._encode_all(tok, x, Side(), progress=False)
+    assert np.array_equal(chunked, tok.encode(x))
+
+    class EchoModality:
+        def encode(self, emb, *, side):
+            assert len(side.modality) == len(emb)
+            return np.asarray(side.modality)[:, None]
+
+    modality = np.arange(len(x)) % 3
+    codes = index_module._encode_all(EchoModality(), x, Side(modality=modality), progress=False)
+    assert np.array_equal(codes[:, 0], modality)

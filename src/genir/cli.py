@@ -1,4 +1,6 @@
-"""`genir` command line: a thin adapter over `genir.tasks` and `GenerativeIndex`.
+"""`genir` command line: a thin adapter over `genir.pipeline`, `genir.query` and
+`GenerativeIndex`; commands and tasks of plugins (entry point `genir.plugins`; our
+experiments add demo, ablate and the bundled tasks) join it at import.
 
     genir demo                     both bundled tasks, results table, JSON under runs/demo
     genir build SOURCE --out DIR   build and save an index on your data (a folder of images,
@@ -16,12 +18,23 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from genir.cli_options import (
+    DEFAULT_UNIVERSAL_DATA,
+    CacheOpt,
+    LimitOpt,
+    ProgressOpt,
+    QuickOpt,
+    StepsOpt,
+    TokenizerOpt,
+    TowerOpt,
+    UniversalDirOpt,
+    fail,
+)
 from genir.index import MAX_K
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -56,69 +69,9 @@ PoolOpt = Annotated[str, typer.Option("--pool", help="mbeir: local (the task's p
 WorkOpt = Annotated[Path | None, typer.Option(
     "--work-dir", help="where embeddings stream to while building (default: .OUT.work beside "
     "--out); a build killed half way resumes from it")]
-UniversalDirOpt = Annotated[Path, typer.Option("--data", help="the universal tasks' folder "
-                                               "(written there first if missing)")]
-DEFAULT_UNIVERSAL_DATA = Path("runs/universal/tasks")
-QuickOpt = Annotated[bool, typer.Option("--quick", help="fewer training steps and queries")]
-QueriesOpt = Annotated[int, typer.Option("--num-queries", min=1, help="evaluation queries")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", min=10,
-                                              help="use only this many gallery items")]
-StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="decoder training steps")]
-TokenizerOpt = Annotated[str, typer.Option("--tokenizer", help="semantic IDs: rq, random, hkmeans, irgen "
-                                                   "(needs labels) or avg (needs captions)")]
-TowerOpt = Annotated[bool | None, typer.Option(
-    "--tune-tower/--frozen-tower", help="fashion-mnist: fine-tune the top of the image tower on "
-    "the gallery labels (default) or embed with the frozen ImageNet tower")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="embedding cache folder")]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
-                                           help="progress bars on long work")]
 
 
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _cache(cache_dir: Path | None):
-    from genir.encoders.cache import EmbeddingCache
-
-    return EmbeddingCache(cache_dir / "embeddings" if cache_dir else None)
-
-
-def _prepare(task: str, *, cache_dir: Path | None, num_queries: int, limit: int | None,
-             progress: bool, encoder: Any = None, tune_tower: bool | None = None):
-    from genir import tasks
-    from genir.data.corpus import MissingDataError
-
-    try:
-        return tasks.prepare(task, cache=_cache(cache_dir), num_queries=num_queries,
-                             limit=limit, encoder=encoder, tune_tower=tune_tower,
-                             progress=progress)
-    except (MissingDataError, ValueError) as exc:
-        _fail(str(exc))
-
-
-def _config(task: str, quick: bool, steps: int | None, tokenizer: str = "rq"):
-    from genir import tasks
-
-    try:
-        from genir.index import tokenizer_class
-
-        cfg = tasks.default_config(task, quick=quick)
-        tokenizer_class(tokenizer)
-        cfg.tokenizer = tokenizer
-        cfg.check()
-    except ValueError as exc:
-        _fail(str(exc))
-    if steps is not None:
-        cfg.train.steps = steps
-    return cfg
-
-
-def _save(index: Any, data: Any, out: Path) -> None:
-    index.save(out, thumbnails=data.thumbnails())
-    if data.encoder is not None:
-        data.encoder.save(out / data.encoder_spec["path"])
+_fail = fail
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -126,35 +79,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
     atomic_write_json(path, obj)
     typer.echo(f"wrote {path}")
-
-
-@app.command()
-def demo(out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/demo"),
-         quick: QuickOpt = False, num_queries: QueriesOpt = 1000, steps: StepsOpt = None,
-         cache_dir: CacheOpt = None, progress: ProgressOpt = True) -> None:
-    """Build and evaluate both bundled tasks; print the results tables."""
-    from genir import tasks
-
-    start = time.perf_counter()
-    results = []
-    for task in tasks.TASKS:
-        typer.secho(f"== {task}", bold=True)
-        t0 = time.perf_counter()
-        data = _prepare(task, cache_dir=cache_dir, num_queries=num_queries, limit=None,
-                        progress=progress)
-        index = tasks.build(data, _config(task, quick, steps), progress=progress)
-        _save(index, data, out / task / "index")
-        result = tasks.evaluate(data, index)
-        result.info["task_seconds"] = time.perf_counter() - t0
-        results.append(result)
-        typer.echo(tasks.format_table(result))
-    total = time.perf_counter() - start
-    typer.echo("")
-    for result in results:
-        typer.echo(tasks.format_table(result) + "\n")
-    typer.echo(f"total {total:.0f} s")
-    _write_json(out / "results.json", {"seconds": total, "quick": quick,
-                                       "results": [r.to_dict() for r in results]})
 
 
 @app.command()
@@ -170,48 +94,36 @@ def build(task: TaskArg, out: Annotated[Path, typer.Option("--out", help="index 
           all_captions: AllCaptionsOpt = False, pool: PoolOpt = "local",
           work_dir: WorkOpt = None) -> None:
     """Build a generative index and save it to --out: on your data or a paper's benchmark
-    (SOURCE), on a bundled task, or "universal" (every universal task's candidates)."""
-    from genir import tasks
-
-    if task == "universal":
-        data = _prepare_universal(data_dir, cache_dir=cache_dir, progress=progress)
-        index = _build_universal(data, quick=quick, steps=steps, progress=progress)
-        index.save(out)
-        data.encoder.save(out / data.encoder_spec["path"])
-        typer.echo(json.dumps(index.stats(), indent=1))
-        typer.echo(f"saved {len(index)} items to {out}")
+    (SOURCE), or on a task a plugin registers (the bundled fashion-mnist, openclipart and
+    universal)."""
+    plugin = _plugin_for(task)
+    if plugin is not None:
+        plugin.build(task, out, quick=quick, steps=steps, limit=limit, tokenizer=tokenizer,
+                     data_dir=data_dir, tune_tower=tune_tower, cache_dir=cache_dir,
+                     progress=progress)
         return
-    if task not in tasks.TASKS:
-        from genir.data.corpus import MissingDataError
-        from genir.encoders.registry import parse_encoder
-        from genir.pipeline import build_source, default_config
+    from genir.data.corpus import MissingDataError
+    from genir.encoders.registry import parse_encoder
+    from genir.pipeline import build_source, default_config
 
-        if limit is not None or tune_tower is not None:
-            _fail("--limit and --tune-tower/--frozen-tower apply to the bundled tasks, not to "
-                  f"{task}")
-        source = _open_source(task, id_column, text_column, image_column, label_column,
-                              vector_column, ids, image_root, split, all_captions, pool)
-        try:
-            spec = parse_encoder(encoder)
-            config = None
-            if tokenizer != "rq" or quick:
-                config = default_config(len(source.items))
-                config.tokenizer = tokenizer
-                config.check()
-                if quick:
-                    config.train.steps = 300
-            build_source(source, out, encoder=spec, config=config, steps=steps,
-                         work_dir=work_dir, progress=progress, log=typer.echo)
-        except (MissingDataError, ValueError, OSError, ImportError) as exc:
-            _fail(str(exc))
-        return
-    config = _config(task, quick, steps, tokenizer)
-    data = _prepare(task, cache_dir=cache_dir, num_queries=1, limit=limit, progress=progress,
-                    tune_tower=tune_tower)
-    index = tasks.build(data, config, progress=progress)
-    _save(index, data, out)
-    typer.echo(json.dumps(index.stats(), indent=1))
-    typer.echo(f"saved {len(index)} items to {out}")
+    if limit is not None or tune_tower is not None:
+        _fail("--limit and --tune-tower/--frozen-tower apply to the bundled tasks, not to "
+              f"{task}")
+    source = _open_source(task, id_column, text_column, image_column, label_column,
+                          vector_column, ids, image_root, split, all_captions, pool)
+    try:
+        spec = parse_encoder(encoder)
+        config = None
+        if tokenizer != "rq" or quick:
+            config = default_config(len(source.items))
+            config.tokenizer = tokenizer
+            config.check()
+            if quick:
+                config.train.steps = 300
+        build_source(source, out, encoder=spec, config=config, steps=steps,
+                     work_dir=work_dir, progress=progress, log=typer.echo)
+    except (MissingDataError, ValueError, OSError, ImportError) as exc:
+        _fail(str(exc))
 
 
 def _open_source(spec: str, id_column: str, text_column: str, image_column: str,
@@ -228,9 +140,9 @@ def _open_source(spec: str, id_column: str, text_column: str, image_column: str,
     try:
         return open_source(spec, options)
     except (MissingDataError, ValueError, ImportError) as exc:
-        from genir import tasks
-
-        bundled = f"; bundled tasks: {', '.join(tasks.TASKS)}" if "no such file" in str(exc) else ""
+        names = [name for plugin in PLUGINS for name in plugin.tasks]
+        bundled = f"; bundled tasks: {', '.join(names)}" if "no such file" in str(exc) and \
+            names else ""
         _fail(f"{exc}{bundled}")
 
 
@@ -329,53 +241,19 @@ def eval_(task: Annotated[str | None, typer.Argument(
     if (task is None) == (universal_task is None):
         _fail("name a source or bundled task (genir eval fashion-mnist) or a universal task "
               "(genir eval --task text_to_image), not both")
-    from genir import tasks
-
-    if task is not None and task not in tasks.TASKS:
-        _eval_source(task, index_dir=index_dir, json_out=json_out, num_queries=num_queries_set,
-                     beam_size=beam_size, progress=progress,
-                     source_args=(id_column, text_column, image_column, label_column,
-                                  vector_column, ids, image_root, split, all_captions, pool))
+    plugin = _plugin_for(task if task is not None else "universal")
+    if plugin is not None:
+        plugin.eval(task, universal_task, index_dir=index_dir, json_out=json_out, quick=quick,
+                    num_queries=num_queries_set, steps=steps, limit=limit, beam_size=beam_size,
+                    tokenizer=tokenizer, data_dir=data_dir, tune_tower=tune_tower,
+                    cache_dir=cache_dir, progress=progress)
         return
-    num_queries = num_queries_set or 1000
-    if universal_task is not None:
-        _eval_universal(universal_task, index_dir=index_dir, json_out=json_out, quick=quick,
-                        steps=steps, beam_size=beam_size, data_dir=data_dir,
-                        cache_dir=cache_dir, progress=progress)
-        return
-    assert task is not None
-    from genir.index import GenerativeIndex
-    from genir.query import QueryEncoder
-
-    index, encoder = None, None
-    if index_dir is not None:
-        try:
-            index = GenerativeIndex.load(index_dir)
-            if index.extra.get("task") != task:
-                _fail(f"{index_dir} was built for task {index.extra.get('task')!r}, not {task!r}")
-            if index.extra.get("encoder", {}).get("path"):
-                # reuse what the index trained: projection heads or the tuned tower's top
-                encoder = QueryEncoder.for_index(index_dir, index).encoder
-                if hasattr(encoder, "cache"):
-                    encoder.cache = _cache(cache_dir)
-        except (FileNotFoundError, ValueError) as exc:
-            _fail(str(exc))
-    if index is not None:
-        if tune_tower is not None:
-            _fail("--tune-tower/--frozen-tower apply to a new build; a saved --index keeps "
-                  "the tower it was built with")
-        tune_tower = index.extra.get("encoder", {}).get("type") == "efficientnet-lite0-tuned"
-    data = _prepare(task, cache_dir=cache_dir, num_queries=num_queries, limit=limit,
-                    encoder=encoder, tune_tower=tune_tower, progress=progress)
-    if index is None:
-        index = tasks.build(data, _config(task, quick, steps, tokenizer), progress=progress)
-    elif index.item_ids != data.item_ids:
-        _fail(f"{index_dir} was not built on the {task} gallery"
-              + (" with this --limit" if limit else ""))
-    result = tasks.evaluate(data, index, beam_size=beam_size)
-    typer.echo(tasks.format_table(result))
-    if json_out is not None:
-        _write_json(json_out, result.to_dict())
+    if task is None:
+        _fail("universal tasks need the experiments (the genir_experiments package)")
+    _eval_source(task, index_dir=index_dir, json_out=json_out, num_queries=num_queries_set,
+                 beam_size=beam_size, progress=progress,
+                 source_args=(id_column, text_column, image_column, label_column,
+                              vector_column, ids, image_root, split, all_captions, pool))
 
 
 def _eval_source(spec: str, *, index_dir: Path | None, json_out: Path | None,
@@ -396,83 +274,6 @@ def _eval_source(spec: str, *, index_dir: Path | None, json_out: Path | None,
     typer.echo(format_result(result))
     if json_out is not None:
         _write_json(json_out, result.to_dict())
-
-
-def _prepare_universal(data_dir: Path, *, cache_dir: Path | None, progress: bool,
-                       encoder: Any = None) -> Any:
-    from genir.data.corpus import MissingDataError
-    from genir.universal import prepare_universal
-
-    try:
-        return prepare_universal(data_dir, cache=_cache(cache_dir), encoder=encoder,
-                                 progress=progress)
-    except (MissingDataError, ValueError) as exc:
-        _fail(str(exc))
-
-
-def _build_universal(data: Any, *, quick: bool, steps: int | None, progress: bool) -> Any:
-    from genir.universal import build_universal, default_config
-
-    config = default_config(quick=quick)
-    if steps is not None:
-        config.train.steps = steps
-    return build_universal(data, config, progress=progress)
-
-
-def _eval_universal(name: str, *, index_dir: Path | None, json_out: Path | None, quick: bool,
-                    steps: int | None, beam_size: int | None, data_dir: Path,
-                    cache_dir: Path | None, progress: bool) -> None:
-    from genir.data.universal import TASKS
-    from genir.index import GenerativeIndex
-    from genir.universal import UNIVERSAL, evaluate_universal, format_universal
-
-    if name != "all" and name not in TASKS:
-        _fail(f"unknown universal task {name!r}; choose one of {', '.join(TASKS)} or all")
-    if index_dir is not None:
-        from genir.query import QueryEncoder
-
-        try:
-            index = GenerativeIndex.load(index_dir)
-            if index.extra.get("task") != UNIVERSAL:
-                _fail(f"{index_dir} is not a universal index (task "
-                      f"{index.extra.get('task')!r}); build one with genir build universal")
-            encoder = QueryEncoder.for_index(index_dir, index).encoder
-            encoder.cache = _cache(cache_dir)
-        except (FileNotFoundError, ValueError) as exc:
-            _fail(str(exc))
-        data = _prepare_universal(data_dir, cache_dir=cache_dir, progress=progress,
-                                  encoder=encoder)
-    else:
-        data = _prepare_universal(data_dir, cache_dir=cache_dir, progress=progress)
-        index = _build_universal(data, quick=quick, steps=steps, progress=progress)
-    try:
-        result = evaluate_universal(data, index, tasks=None if name == "all" else [name],
-                                    beam_size=beam_size)
-    except ValueError as exc:
-        _fail(str(exc))
-    typer.echo(format_universal(result))
-    if json_out is not None:
-        _write_json(json_out, result)
-
-
-@app.command()
-def ablate(out: Annotated[Path, typer.Option(help="folder for tables, JSON and plots")]
-           = Path("runs/ablations"),
-           quick: Annotated[bool, typer.Option("--quick", help="small galleries and few steps "
-                                               "(minutes, not hours)")] = False,
-           study: Annotated[list[str] | None, typer.Option(
-               "--study", help="run only these studies (repeat the option); default: all but "
-               "decoder (T5-small-sized decoder vs the default, long on CPU)")] = None,
-           cache_dir: CacheOpt = None, progress: ProgressOpt = False) -> None:
-    """Re-run the papers' ablation tables on the bundled data (genir ablate --quick)."""
-    from genir import ablate as ablations
-    from genir.data.corpus import MissingDataError
-
-    try:
-        ablations.run(out, quick=quick, studies=study or ablations.STUDIES,
-                      cache=_cache(cache_dir), progress=progress, log=typer.echo)
-    except (MissingDataError, ValueError) as exc:
-        _fail(str(exc))
 
 
 @app.command()
@@ -509,6 +310,30 @@ def compile_(layers: Annotated[list[int] | None, typer.Option(
 
     seconds = compile_kernels(num_layers=layers) if layers else compile_kernels()
     typer.echo(f"search kernels compiled (or loaded from numba's cache) in {seconds:.1f} s")
+
+
+def _load_plugins() -> list[Any]:
+    """Plugins registered under the `genir.plugins` entry point (our experiments register
+    demo, ablate and the bundled tasks): each gives commands, task names, build and eval."""
+    from importlib.metadata import entry_points
+
+    plugins = []
+    for point in entry_points(group="genir.plugins"):
+        try:
+            plugins.append(point.load()())
+        except ImportError as exc:   # a plugin whose package is gone: the library still runs
+            typer.secho(f"genir: plugin {point.name!r} not loaded ({exc})", err=True)
+    return plugins
+
+
+def _plugin_for(task: str) -> Any:
+    return next((p for p in PLUGINS if task in p.tasks), None)
+
+
+PLUGINS = _load_plugins()
+for _plugin in PLUGINS:
+    for _name, _command in _plugin.commands:
+        app.command(_name)(_command)
 
 
 def main() -> None:

@@ -265,7 +265,7 @@ class GenerativeIndex:
             item_meta = [{**(m or {}), "modality": MODALITIES[int(v)]} for m, v in zip(
                 item_meta or [{} for _ in item_ids], modality, strict=True)]
         tokenizer = tokenizer.fit(item_emb, side=side)
-        codes = tokenizer.encode(item_emb, side=side)
+        codes = _encode_all(tokenizer, item_emb, side, progress=progress)
         timings["tokenizer_s"] = time.perf_counter() - t0
         config.decoder.query_dim = int(np.asarray(queries).shape[1])
         config.decoder.codebook_sizes = tokenizer.codebook_sizes
@@ -344,7 +344,8 @@ class GenerativeIndex:
             raise KeyError(f"unknown item id {item_id!r}") from None
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: str | Path, *, thumbnails: dict[str, bytes] | None = None) -> None:
+    def save(self, path: str | Path, *, thumbnails: dict[str, bytes] | None = None,
+             progress: bool = False) -> None:
         """Write the index into folder `path`: weights (safetensors), the item store (SQLite)
         and, last, the manifest, each fsynced, all first in a temporary sibling folder that
         then takes the place of `path`. An index already at `path` is replaced only once
@@ -372,7 +373,7 @@ class GenerativeIndex:
             tmp.mkdir(parents=True)
             atomic_write_bytes(tmp / "weights.safetensors", save_bytes(tensors))
             ItemStore.create(tmp, item_ids=self.item_ids, codes=self.codes, emb=self.item_emb,
-                             metas=self.item_meta, thumbnails=thumbnails)
+                             metas=self.item_meta, thumbnails=thumbnails, progress=progress)
             atomic_write_json(tmp / "manifest.json", {
                 "format": "genir-index", "format_version": FORMAT_VERSION,
                 "config": self.config.to_dict(), "store": STORE_FILE,
@@ -439,6 +440,27 @@ class GenerativeIndex:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+ENCODE_CHUNK = 65_536   # items encoded per call when a corpus is larger (a progress bar's step)
+
+
+def _encode_all(tokenizer: Any, emb: np.ndarray, side: Side, *, progress: bool) -> np.ndarray:
+    """Every item's codes; corpora over ENCODE_CHUNK items in chunks with a progress bar
+    (smaller ones in one call, as always)."""
+    if len(emb) <= ENCODE_CHUNK:
+        return tokenizer.encode(emb, side=side)
+    from tqdm.auto import tqdm
+
+    modality = None if side.modality is None else np.asarray(side.modality)
+    parts = []
+    with tqdm(total=len(emb), desc="encode items", unit="item", disable=not progress) as bar:
+        for start in range(0, len(emb), ENCODE_CHUNK):
+            sl = slice(start, start + ENCODE_CHUNK)
+            part_side = Side(modality=modality[sl]) if modality is not None else side
+            parts.append(tokenizer.encode(emb[sl], side=part_side))
+            bar.update(len(parts[-1]))
+    return np.concatenate(parts)
 
 
 def modality_ids(metas: list[dict[str, Any]]) -> np.ndarray:

@@ -263,6 +263,8 @@ def build_source(source: Source, out: str | Path, *, encoder: dict[str, Any] | N
     ids = [items.item_ids[i] for i in emb.rows]
     metas = [_meta(items, int(i), source) for i in emb.rows]
     labels = items.labels[emb.rows] if items.labels is not None else None
+    log(f"fitting the {config.tokenizer} tokenizer ({config.rq.num_levels} levels of "
+        f"{config.rq.codebook_size} codes), then training the decoder ({config.train.steps} steps)")
     tokenizer_side = {}
     if config.tokenizer == "irgen":
         if labels is None or (labels < 0).any():
@@ -276,7 +278,7 @@ def build_source(source: Source, out: str | Path, *, encoder: dict[str, Any] | N
                "training": {"recipe": recipe, "pairs": TRAINING[recipe], "why": why},
                "skipped": [{"path": p, "reason": r} for p, r in emb.skipped[:1000]],
                "num_skipped": len(emb.skipped), "embed_s": embed_s})
-    index.save(out)
+    index.save(out, progress=progress)
     if emb.encoder is not None:
         emb.encoder.save(out / spec["path"])
     shutil.rmtree(work, ignore_errors=True)

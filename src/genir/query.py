@@ -63,7 +63,7 @@ class QueryEncoder:
 
     @property
     def needs_instruction(self) -> bool:
-        """A universal index: the decoder reads [content ; instruction] (genir.universal)."""
+        """A universal index: the decoder reads [content ; instruction] (`decoder_input`)."""
         return self.spec.get("instructions") == "concatenated"
 
     def decoder_input(self, query_emb: np.ndarray, instruction: str | None) -> np.ndarray:
@@ -74,11 +74,19 @@ class QueryEncoder:
         if not instruction:
             raise ValueError("this universal index needs an instruction naming what to retrieve "
                              "(genir.instructions)")
-        from genir.universal import decoder_input
-
         if instruction not in self._instruction_emb:
             self._instruction_emb[instruction] = self.encode_texts([instruction])[0]
         return decoder_input(query_emb, self._instruction_emb[instruction])
+
+
+def decoder_input(query_emb: np.ndarray, instruction_emb: np.ndarray) -> np.ndarray:
+    """(Q, D) content and (E,) or (Q, E) instruction embeddings -> (Q, D + E): what a
+    universal index's decoder reads (its manifest's encoder says "instructions":
+    "concatenated")."""
+    q = np.asarray(query_emb, dtype=np.float32)
+    ins = np.asarray(instruction_emb, dtype=np.float32)
+    ins = np.broadcast_to(ins, (len(q), ins.shape[-1]))
+    return np.concatenate([q, ins], axis=1)
 
 
 class QueryError(ValueError):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from genir.io import fsync_dir
 
@@ -127,7 +128,7 @@ class ItemStore:
     @classmethod
     def create(cls, folder: str | Path, *, item_ids: Sequence[str], codes: np.ndarray,
                emb: np.ndarray, metas: Sequence[dict[str, Any]] | None = None,
-               thumbnails: dict[str, bytes] | None = None) -> None:
+               thumbnails: dict[str, bytes] | None = None, progress: bool = False) -> None:
         """Write a new items.sqlite into `folder` atomically (temp file, fsync, rename).
 
         An existing store there is replaced whole; its WAL files are removed first so they
@@ -147,7 +148,8 @@ class ItemStore:
             conn.executemany(
                 "INSERT INTO items (id, codes, emb, meta, digest, origin, added_at) "
                 "VALUES (?, ?, ?, ?, ?, 'build', ?)",
-                _rows(item_ids, codes, emb, metas))
+                tqdm(_rows(item_ids, codes, emb, metas), total=len(item_ids), unit="item",
+                     desc="write items", disable=not progress))
             if thumbnails:
                 conn.executemany("INSERT INTO thumbnails VALUES (?, ?)", thumbnails.items())
             conn.execute("COMMIT")

@@ -17,9 +17,8 @@ from genir.data.papers import (
     load_karpathy,
     load_mbeir,
 )
-from genir.data.universal import build_universal_tasks, load_universal_task
 from genir.data.wordnet import load_wordnet
 
-__all__ = ["Corpus", "MissingDataError", "RetrievalSplit", "build_universal_tasks",
+__all__ = ["Corpus", "MissingDataError", "RetrievalSplit",
            "load_cars196", "load_cub200", "load_fashion_mnist", "load_inshop", "load_karpathy",
-           "load_mbeir", "load_openclipart", "load_universal_task", "load_wordnet"]
+           "load_mbeir", "load_openclipart", "load_wordnet"]

@@ -51,6 +51,9 @@ and the beam search's split step; ~5 s more for a first batch-1 search; `genir c
 run by `make install`, does it ahead), then load in ~0.5 s per process. No fastmath: sums
 in a fixed order and explicit FMAs (`genir.reduce`), so a kernel gives the same bits
 however and whenever it was compiled.
+
+Why ~1,000 lines: the compiled kernels of one level share their buffers, layouts and fixed-
+order reductions; split, numba's cache would key them by file and lose inlining across them.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fixtures import write_fashion_mnist
-from genir import tasks
 from genir.encoders.cache import EmbeddingCache
+from genir_experiments import tasks
 
 
 @pytest.fixture()

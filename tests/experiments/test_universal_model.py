@@ -1,5 +1,5 @@
 """The universal (GENIUS) index: modality-first IDs in GenerativeIndex, instruction-driven
-search, task-pool subsets, and the genir.universal pipeline on fixture data (hermetic)."""
+search, task-pool subsets, and the genir_experiments.universal pipeline on fixture data (hermetic)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import hashlib
 
 import numpy as np
 import pytest
+from test_universal_data import BUILD, write_clipart, write_fashion_mnist, write_wordnet
 
-from genir.data.universal import TASKS
 from genir.decoder.train import PairSampler
 from genir.encoders.aligned import AlignConfig, AlignedEncoder
 from genir.encoders.base import l2_normalize, load_image
 from genir.encoders.cache import EmbeddingCache
 from genir.ids.genius import MODALITIES
 from genir.index import GenerativeIndex, IndexConfig
-from genir.universal import (
+from genir_experiments.universal import (
     build_universal,
     decoder_input,
     default_config,
@@ -24,7 +24,7 @@ from genir.universal import (
     prepare_universal,
     score_rows,
 )
-from test_universal_data import BUILD, write_clipart, write_fashion_mnist, write_wordnet
+from genir_experiments.universal_data import TASKS
 
 
 def three_modality_pool(n_per: int = 60, dim: int = 16, seed: int = 0):
@@ -233,7 +233,7 @@ def pipeline():
 
 
 def test_training_pairs_never_use_a_test_query(pipeline):
-    from genir.data.universal import load_universal_task
+    from genir_experiments.universal_data import load_universal_task
 
     data, _ = pipeline
 

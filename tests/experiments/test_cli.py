@@ -1,4 +1,5 @@
-"""The `genir` CLI end to end on tiny fixture data sets (hermetic: no /usr/share, no network).
+"""The `genir` CLI on the bundled tasks (the experiments plugin): build, search, eval, demo,
+the universal study; bad arguments exit 2.
 
 Builds, saves, searches and evaluates through the same commands a user types, with a few
 training steps: these tests check the plumbing and the error messages, not quality.
@@ -153,8 +154,9 @@ def test_demo_runs_both_tasks_and_text_search(data_dirs, tmp_path):
 
 @pytest.fixture(scope="module")
 def universal_dir(tmp_path_factory):
-    from genir.data.universal import build_universal_tasks
     from test_universal_data import BUILD, write_clipart, write_wordnet
+
+    from genir_experiments.universal_data import build_universal_tasks
 
     base = tmp_path_factory.mktemp("universal")
     out = base / "tasks"

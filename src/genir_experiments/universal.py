@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from genir.data.universal import GLOBAL_POOL, MANIFEST, TASK_SPECS, TASKS
 from genir.decoder.train import PairSampler
 from genir.encoders.base import l2_normalize
 from genir.encoders.cache import EmbeddingCache
@@ -53,6 +52,8 @@ from genir.eval.flat import FlatIndex
 from genir.ids.genius import MODALITIES
 from genir.index import GenerativeIndex, IndexConfig
 from genir.instructions import default_instruction
+from genir.query import decoder_input
+from genir_experiments.universal_data import GLOBAL_POOL, MANIFEST, TASK_SPECS, TASKS
 
 UNIVERSAL = "universal"           # extra["task"] of a universal index
 # the one-answer tasks: their test positives are never a training target
@@ -92,14 +93,6 @@ class UniversalData:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def decoder_input(query_emb: np.ndarray, instruction_emb: np.ndarray) -> np.ndarray:
-    """(Q, D) content and (E,) or (Q, E) instruction embeddings -> (Q, D + E) decoder input."""
-    q = np.asarray(query_emb, dtype=np.float32)
-    ins = np.asarray(instruction_emb, dtype=np.float32)
-    ins = np.broadcast_to(ins, (len(q), ins.shape[-1]))
-    return np.concatenate([q, ins], axis=1)
-
-
 def default_config(*, quick: bool = False) -> IndexConfig:
     """GENIUS tokenizer: a 3-code modality level, then 3 levels of 128 codes (19k items)."""
     cfg = IndexConfig(tokenizer="genius")
@@ -127,8 +120,8 @@ def prepare_universal(root: str | Path, *, cache: EmbeddingCache | None = None,
     `image_size` and MiniLM) gets its projection heads trained on the non-test (image,
     caption) pairs, a fitted one (from a saved universal index) is used as it is. build_kwargs go to
     `build_universal_tasks` (fixture roots in tests)."""
-    from genir.data.universal import build_universal_tasks, load_universal_task
     from genir.encoders.aligned import AlignedEncoder
+    from genir_experiments.universal_data import build_universal_tasks, load_universal_task
 
     root = Path(root)
     if not (root / MANIFEST).is_file():

@@ -1,4 +1,4 @@
-"""WordNet loader and universal task builder (genir.data.wordnet, genir.data.universal).
+"""WordNet loader and universal task builder (genir.data.wordnet, genir_experiments.universal_data).
 
 Hermetic: every test writes its own WordNet, Open Clip Art and Fashion-MNIST fixtures,
 except the one `slow` test, which reads Debian's wordnet-base when installed.
@@ -15,8 +15,8 @@ import pytest
 from fixtures import png_bytes, put, svg_text, write_fashion_mnist, write_openclipart
 from genir.data import MissingDataError, load_mbeir
 from genir.data import wordnet as wn
-from genir.data.universal import TASK_SPECS, TASKS, build_universal_tasks, load_universal_task
 from genir.instructions import default_instruction, parse_instruction
+from genir_experiments.universal_data import TASK_SPECS, TASKS, build_universal_tasks, load_universal_task
 
 LICENSE = [
     "This software and database is being provided to you, the LICENSEE, by",

@@ -20,6 +20,9 @@ Per task, `{task}_queries.jsonl`, `{task}_pool.jsonl` and `{task}_qrels.txt`; fo
 them `global_pool.jsonl` (every candidate once, by did) and `manifest.json`. See
 docs/universal.md for the constructions and the leakage rule. This file reads data and
 writes text and PNG files; it embeds, trains and downloads nothing.
+
+Why one file of ~600 lines: the six tasks share one deduplicated pool and one writer; split
+per task, each file would re-import and re-check the same pool.
 """
 
 from __future__ import annotations
@@ -575,7 +578,7 @@ def load_universal_task(root: str | Path, task: str, *, pool: str = "task") -> R
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise MissingDataError(f"missing {manifest_path}; write the tasks with "
-                               "genir.data.universal.build_universal_tasks(out_dir)")
+                               "genir_experiments.universal_data.build_universal_tasks(out_dir)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")

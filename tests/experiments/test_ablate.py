@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genir.ablate import STUDIES, Scale, Study, _order_verdict, config_for, run
 from genir.ids.avg import AVGConfig
+from genir_experiments.ablate import STUDIES, Scale, Study, _order_verdict, config_for, run
 
 
 def study(values: dict[str, float]) -> Study:
@@ -47,7 +47,7 @@ def test_unknown_study_is_refused(tmp_path):
 
 
 def test_summary_keeps_earlier_studies_of_the_same_scale(tmp_path):
-    from genir.ablate import _previous, _write_summary
+    from genir_experiments.ablate import _previous, _write_summary
 
     def entry(value: float) -> dict:
         st = study({"a": value})
@@ -68,9 +68,10 @@ def test_summary_keeps_earlier_studies_of_the_same_scale(tmp_path):
 
 def test_genius_study_on_fixture_universal_data(monkeypatch):
     """Study 6 (GENIUS Table 4) end to end on the hermetic universal fixture, tiny models."""
-    import genir.universal as uni
-    from genir.ablate import Data, study_genius
     from test_universal_model import pipeline_data
+
+    import genir_experiments.universal as uni
+    from genir_experiments.ablate import Data, study_genius
 
     data = pipeline_data()
 
@@ -98,10 +99,10 @@ def test_genius_study_on_fixture_universal_data(monkeypatch):
 def test_querypath_study_on_fixture_data(tmp_path, monkeypatch):
     """Issue 4's comparison (patch tokens vs pooled prefix, word pieces vs pooled caption)
     end to end on the fixture data sets with the real towers and a few steps."""
-    import genir.ablate as ablate
+    import genir_experiments.ablate as ablate
     from fixtures import write_fashion_mnist, write_openclipart
-    from genir.ablate import Data, study_querypath
     from genir.encoders.cache import EmbeddingCache
+    from genir_experiments.ablate import Data, study_querypath
 
     real_config_for = ablate.config_for
 
@@ -128,7 +129,7 @@ def test_querypath_study_on_fixture_data(tmp_path, monkeypatch):
 def test_pr_curve_by_hand():
     import numpy as np
 
-    from genir.ablate import _plot_pr, _pr_curve
+    from genir_experiments.ablate import _plot_pr, _pr_curve
 
     hits = np.array([[1, 0, 1, 0], [0, 1, 1, 1]], dtype=bool)
     recall, precision = _pr_curve(hits, np.array([2, 6]))
@@ -141,10 +142,10 @@ def test_tower_study_on_fixture_data(tmp_path, monkeypatch):
     """The IRGen-headline study end to end on the fixture Fashion-MNIST: frozen and tuned
     tower rows, flat k-NN on each, a verdict per setting; the frozen IRGen index is the one
     the identifiers study built in the same run (shared, not rebuilt)."""
-    import genir.ablate as ablate
+    import genir_experiments.ablate as ablate
     from fixtures import write_fashion_mnist
-    from genir.ablate import Data, study_identifiers, study_tower
     from genir.encoders.cache import EmbeddingCache
+    from genir_experiments.ablate import Data, study_identifiers, study_tower
 
     real_config_for = ablate.config_for
 
@@ -182,10 +183,10 @@ def test_tower_study_on_fixture_data(tmp_path, monkeypatch):
 def test_decoder_study_on_fixture_data(tmp_path, monkeypatch):
     """The decoder-size study (issue 6): the default and a larger decoder on the same task,
     each with its weights counted and its queries/s measured; not in the default run."""
-    import genir.ablate as ablate
+    import genir_experiments.ablate as ablate
     from fixtures import write_fashion_mnist
-    from genir.ablate import EXTRA_STUDIES, Data, study_decoder
     from genir.encoders.cache import EmbeddingCache
+    from genir_experiments.ablate import EXTRA_STUDIES, Data, study_decoder
 
     assert "decoder" in EXTRA_STUDIES and "decoder" not in STUDIES
     real_config_for = ablate.config_for

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from genir import tasks
 from genir.encoders.cache import EmbeddingCache
 from genir.eval import metrics
 from genir.eval.flat import FlatIndex
+from genir_experiments import tasks
 
 pytestmark = pytest.mark.slow
 
