@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from conftest import assert_same_ranking
 from genir.decoder import fused
-from genir.decoder.model import CodeDecoder, DecoderConfig, DecoderSession, FusedSession
+from genir.decoder.fused import FusedSession
+from genir.decoder.model import CodeDecoder, DecoderConfig, DecoderSession
 from genir.ids.table import IDTable
 from genir.search.beam import constrained_beam_search
 from genir.search.trie import CodeTrie
@@ -45,7 +46,7 @@ def make_session(model: CodeDecoder, queries: torch.Tensor, kind: str) -> Decode
             model, queries)
         assert type(session) is DecoderSession
         return session
-    previous = model.fused_parallel, model.fused_one_call
+    previous = model.options.parallel, model.options.one_call
     parallel, one_call = FUSED[kind]
     model.fuse_decoding(parallel=parallel, one_call=one_call)
     try:
@@ -550,16 +551,16 @@ def test_searches_from_several_threads_at_once():
 
 def test_fuse_decoding_keeps_parallel_unless_asked():
     model = tiny_decoder()
-    assert model.fused_parallel and model.fused_one_call and model.fused_pack
+    assert model.options.parallel and model.options.one_call and model.options.pack
     model.fuse_decoding(parallel=False, one_call=False, pack=False)
     model.fuse_decoding(False)
     model.fuse_decoding()
-    assert model.fused_decoding and not model.fused_parallel and not model.fused_one_call
-    assert not model.fused_pack
+    assert model.options.fused and not model.options.parallel and not model.options.one_call
+    assert not model.options.pack
     model.fuse_decoding(parallel=True)
-    assert model.fused_parallel and not model.fused_one_call
+    assert model.options.parallel and not model.options.one_call
     model.fuse_decoding(one_call=True, pack=True)
-    assert model.fused_parallel and model.fused_one_call and model.fused_pack
+    assert model.options.parallel and model.options.one_call and model.options.pack
 
 
 @needs_pack
@@ -618,9 +619,9 @@ def test_session_kind_follows_how_it_is_asked_for():
         model.eval()
         assert type(model.fuse_decoding(False).session(queries)) is DecoderSession
         model.fuse_decoding()
-        model.compiled_decoding = True                  # (not run: only which session)
+        model.options.compiled = True                  # (not run: only which session)
         assert type(model.session(queries)) is DecoderSession
-        model.compiled_decoding = False
+        model.options.compiled = False
         assert type(model.double().session(queries.double())) is DecoderSession
         assert type(model.float().session(queries)) is FusedSession
         with pytest.raises(ValueError, match="float32"):      # no fused weights for float64
@@ -658,6 +659,7 @@ class TableSession:
 
     def __init__(self, logps: list[np.ndarray], num_queries: int, step_chunks: int = 1) -> None:
         self.logps, self.q, self.width, self.fed = logps, num_queries, 1, []
+        self.numpy_steps = False
         self.step_chunks = step_chunks
         if step_chunks > 1:
             fused.row_kernels(True)     # numba's threads started as a fused session does

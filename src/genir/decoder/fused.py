@@ -60,10 +60,9 @@ from __future__ import annotations
 
 import copy
 import os
-import types
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numba
 import numpy as np
@@ -74,10 +73,9 @@ from numba import prange
 from numba.core.extending import intrinsic
 from torch import nn
 
+from genir.compiled import compile_variant
+from genir.decoder.model import Block, CodeDecoder, DecoderSession, _parameter_state
 from genir.reduce import dot, fma, squares, total
-
-if TYPE_CHECKING:
-    from genir.decoder.model import Block, CodeDecoder
 
 F32 = np.float32
 # No fastmath flags: with them LLVM chose each sum's order by context, and the same kernel
@@ -722,18 +720,6 @@ class RowKernels(NamedTuple):
     threads: int
 
 
-def compile_variant(func: Callable[..., Any], parallel: bool, **options: Any) -> Callable[..., Any]:
-    """`func` compiled by numba (cached, nogil, `options`), `prange` over threads when
-    `parallel`: one source for the serial and parallel variants (also the beam search's
-    step, `genir.search.beam`). A copy named apart per variant: numba's on-disk cache keys
-    a function by name and bytecode, not by flags."""
-    f = cast(types.FunctionType, func)
-    clone = types.FunctionType(f.__code__, f.__globals__, f.__name__)
-    clone.__qualname__ = f"{f.__qualname__}_{'parallel' if parallel else 'serial'}"
-    return cast(Callable[..., Any], numba.njit(cache=True, nogil=True, parallel=parallel,
-                                               **options)(clone))
-
-
 def _compile(func: Callable[..., None], parallel: bool) -> Callable[..., None]:
     return compile_variant(func, parallel, error_model="numpy")
 
@@ -961,7 +947,7 @@ def fusable(model: CodeDecoder, query: torch.Tensor) -> bool:
     """Whether this query is asked for in a way `FusedSession` serves: inference (autograd
     off, eval mode), not compiled, a float32 query on the CPU. The model's own parameters
     are checked by `CodeDecoder.fused_weights` (None unless all are float32 on the CPU)."""
-    return (model.fused_decoding and not model.compiled_decoding and not torch.is_grad_enabled()
+    return (model.options.fused and not model.options.compiled and not torch.is_grad_enabled()
             and not model.training and query.device.type == "cpu"
             and query.dtype == torch.float32)
 
@@ -1036,3 +1022,151 @@ def _torch_level(k: RowKernels, w: FusedWeights, kv: tuple[np.ndarray, ...], anc
         add_ln(xn, torch.mm(f, b["fc2"]).numpy(), b["fc2_b"], True, b["ln_next"], hn)
     head_w, head_b = w.heads[t]
     return torch.mm(h, head_w).add_(head_b).log_softmax(-1).numpy()
+
+
+# -- the fused session and its weights (the model's own torch session: genir.decoder.model) --
+
+def fused_weights(model: CodeDecoder, *, pack: bool | None = None) -> FusedWeights | None:
+    """The arrays `FusedSession` reads, made once and kept on the model (`_fused`) until a
+    parameter changes (in place, as training and load_state_dict do, new data, as `.to`
+    does, or a new parameter or module assigned; writes through `p.data` bump no version
+    and are missed); None when a parameter is not float32 on CPU. `pack` (None: the model's
+    `fuse_decoding` setting, on by default): the level's products read weights packed by
+    MKL from the first request on, so every search on the same weights runs the same
+    products and returns the same bits (packed and plain products may round apart on some
+    CPUs). Packing costs ~20 ms with the default decoder against 0.65 ms for the rest; a
+    caller that searches once per weight update (AVG's discriminative loss, every training
+    step) asks for pack=False."""
+    pack = model.options.pack if pack is None else pack
+    key = (pack and model.options.one_call, *_parameter_state(model, []))
+    if model._fused is None or model._fused[0] != key:
+        ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
+                 for p in model.parameters())
+        weights = FusedWeights(model) if ok else None
+        model._fused = (key, weights.with_packs() if weights is not None and key[0]
+                       else weights)
+    return model._fused[1]
+
+
+def open_session(model: CodeDecoder, query: torch.Tensor, *, pack: bool | None = None
+                 ) -> DecoderSession:
+    """The session `CodeDecoder.session` hands out: a `FusedSession` for float32 inference on
+    the CPU (`fusable`), else the model's torch `DecoderSession`."""
+    weights = fused_weights(model, pack=pack) if fusable(model, query) else None
+    if weights is None:
+        return DecoderSession(model, query)
+    return FusedSession(model, query, weights)
+
+
+class FusedSession(DecoderSession):
+    """`DecoderSession` for CPU float32 inference with the level step fused
+    (`genir.decoder.fused`): the same log-probabilities to ~2e-6. Made by
+    `CodeDecoder.session` when `genir.decoder.fused.fusable` says so and the model has
+    fused weights (`weights`: `model.fused_weights()`, which it looks up when not given)."""
+
+    def __init__(self, model: CodeDecoder, query: torch.Tensor,
+                 weights: FusedWeights | None = None) -> None:
+        weights = fused_weights(model) if weights is None else weights
+        if weights is None:
+            raise ValueError("FusedSession needs a float32 model on the CPU (see "
+                             "CodeDecoder.fused_weights)")
+        self.weights_fused = weights
+        self.kernels = row_kernels(model.options.parallel)
+        self.one_call = model.options.one_call
+        with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
+            self._start(model, query)
+
+    def _start(self, model: CodeDecoder, query: torch.Tensor) -> None:
+        cfg = model.config
+        q = self.num_queries = query.shape[0]
+        self.model, self.compiled, self.level = model, False, 0
+        # the memory's cross-attention keys/values once per query, (Q, H, N, hd) each
+        w = self.weights_fused
+        if (self.one_call and w.memory is not None and query.ndim == 2
+                and query.shape[1] == cfg.query_dim):
+            n_mem, heads = cfg.num_prefix, cfg.num_heads
+            shape = (q, heads, n_mem, cfg.d_model // heads)
+            keys = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
+            values = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
+            kernels, chunks = split(self.kernels, q * n_mem, q)
+            kernels.memory(aligned_copy(query.numpy()), w.memory, keys, values, chunks)
+            self.mask = np.ones((q, n_mem), dtype=np.bool_)
+        else:
+            mem, mask = model.memory(query)
+            self.mask = (np.ones((q, mem.shape[1]), dtype=np.bool_) if mask is None
+                         else mask.numpy())
+            pairs = [tuple(t.contiguous().numpy()
+                           for t in blk.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
+                     for blk in model.blocks]
+            keys, values = tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+        self.memory = (keys, values)   # per block
+        hd2 = 2 * (cfg.d_model // cfg.num_heads)
+        # per block, each level's keys | values where they were written: (levels, rows, H, 2 hd);
+        # anc[p, r]: the row of level p that row r's beam descends from
+        self.kv = tuple(np.empty((cfg.num_levels, q, cfg.num_heads, hd2), dtype=np.float32)
+                        for _ in model.blocks)
+        self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
+        self.anc[0] = np.arange(q)
+        # a level's tokens, rewritten every level: one aligned buffer, grown with the beams
+        self._tokens = aligned((q, w.start.shape[0]))
+        x = self._tokens
+        x[:] = w.start                  # (torch's expand + add + copy: 80-100 us a batch)
+        self.logp = run_level(self.kernels, w, self.kv, self.anc, self.memory, self.mask, x, 0,
+                              1, self.one_call)
+        # the whole-query chunks the last level ran in: the beam search's step splits its
+        # queries the same way, so each thread reads the log-probabilities it wrote
+        self.step_chunks = query_chunks(self.kernels, q, q)
+
+    # the beam search may hand it numpy arrays and take them back (`log_prob_array`,
+    # `advance_arrays`): each torch <-> numpy conversion or check is a Python call, which
+    # between kernels, with cold caches, costs microseconds
+    numpy_steps = True
+
+    def log_probs(self, level: int) -> torch.Tensor:
+        return torch.from_numpy(self.log_prob_array(level))
+
+    def log_prob_array(self, level: int) -> np.ndarray:
+        """`log_probs` as the float32 (Q * B, K_level) C-contiguous array it is."""
+        return cast(np.ndarray, super().log_probs(level))   # (self.logp: an array here)
+
+    def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
+        """`advance` with numpy arrays (`_step` takes both)."""
+        self.advance(level, codes, parent)  # type: ignore[arg-type]
+
+    def _step(self, level: int, codes: torch.Tensor | np.ndarray,
+              parent: torch.Tensor | np.ndarray) -> None:
+        self._fused_step(level, *(a.numpy() if isinstance(a, torch.Tensor) else a
+                                  for a in (codes, parent)))
+
+    def _fused_step(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
+        # the kernels do not bounds-check: what the torch session would fail on is refused
+        # before anything the session decodes from changes
+        q, beams = codes.shape
+        if q != self.num_queries:   # (the kernels would read other queries' memory)
+            raise ValueError(f"codes must be (Q, beams) with Q = {self.num_queries} (the "
+                             f"session's queries), got {tuple(codes.shape)}")
+        width = self.logp.shape[0] // q
+        if level + 1 >= self.model.config.num_levels:
+            raise ValueError(f"level {level} is the last: there is no next code to score")
+        if parent.shape != codes.shape:
+            raise ValueError(f"parent must be (Q, beams) = {tuple(codes.shape)}, got "
+                             f"{tuple(parent.shape)}")
+        n, t = q * beams, level + 1
+        if n > self.anc.shape[1]:   # more beams than rows so far: grow, keep levels < t
+            anc = np.zeros((self.anc.shape[0], n), dtype=np.int64)
+            anc[:t, :self.anc.shape[1]] = self.anc[:t]
+            self.anc = anc
+            grown = []
+            for old in self.kv:
+                kv = np.empty((old.shape[0], n, *old.shape[2:]), dtype=np.float32)
+                kv[:t, :old.shape[1]] = old[:t]
+                grown.append(kv)
+            self.kv = tuple(grown)
+        if n > len(self._tokens):
+            self._tokens = aligned((n, self._tokens.shape[1]))
+        x = self._tokens[:n]
+        step = (np.ascontiguousarray(codes, dtype=np.int64),
+                np.ascontiguousarray(parent, dtype=np.int64), width)
+        self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
+                              self.mask, x, t, beams, self.one_call, step)
+        self.step_chunks = query_chunks(self.kernels, n, q)

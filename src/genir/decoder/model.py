@@ -15,17 +15,19 @@ only ever computed over the current level's vocabulary.
 `DecoderSession` is the incremental form used by beam search: the memory's cross-attention
 keys/values are computed once per query and shared by all its beams (broadcast, not
 copied); the self-attention cache grows by one position per level and is re-ordered by
-the beams that survive. `FusedSession` is the same for CPU float32 inference, with the
-work between the matrix products in numba kernels (`genir.decoder.fused`); `session`
-picks it where it applies. Training is in `genir.decoder.train`.
+the beams that survive. `genir.decoder.fused.FusedSession` is the same for CPU float32
+inference, with the work between the matrix products in numba kernels; `session` asks
+`genir.decoder.fused.open_session`, which picks it where it applies (this module does not
+import the fused one when it loads; the fused one imports this). How sessions decode is
+`DecodingOptions` (`fuse_decoding`, `compile_decoding`). Training is in
+`genir.decoder.train`.
 
 `init_code_embeddings` is AVG's voken embedding (sec. 3.2, "copy the voken's embedding into
 the vocabulary"): each level's code embedding table starts from the tokenizer's codebook
 instead of at random (random stays the default; AVG Table 3 ablates the two).
 
-Why ~650 lines: the module, its config, its training loss and the torch search session that
-the fused CPU session mirrors op for op; the session is the part to move out next (issue
-22).
+Why ~550 lines: the module, its config, its training loss and the torch search session,
+which is the reference the fused CPU session mirrors op for op.
 """
 
 from __future__ import annotations
@@ -33,27 +35,32 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genir.decoder.fused import (
-    FusedWeights,
-    aligned,
-    aligned_copy,
-    fusable,
-    query_chunks,
-    row_kernels,
-    run_level,
-    split,
-)
+if TYPE_CHECKING:
+    from genir.decoder.fused import FusedWeights
+
 
 # T5-small's decoder shape (6 layers, d 512, 8 heads, MLP 2,048 = 4 d) fed GENIUS's 30
 # prefix vectors: the size issue 6 compares the default against (DecoderConfig fields)
 T5_SMALL_SIZE: dict[str, int] = {"d_model": 512, "num_layers": 6, "num_heads": 8, "num_prefix": 30}
+
+
+@dataclass
+class DecodingOptions:
+    """How a `CodeDecoder`'s search sessions decode (`CodeDecoder.fuse_decoding` and
+    `compile_decoding` set them; none is saved with the model)."""
+
+    fused: bool = True       # CPU float32 inference may take the fused session
+    parallel: bool = True    # the fused loops split rows over torch's threads
+    one_call: bool = True    # a level in one compiled call with MKL's products inside
+    pack: bool = True        # those products read weights MKL packed once
+    compiled: bool = False   # the torch session's levels through torch.compile
 
 
 @dataclass
@@ -164,12 +171,9 @@ class CodeDecoder(nn.Module):
             nn.init.normal_(p, std=0.02)
         # decoding_weights' cache: (parameter versions, weights)
         self._decoding: tuple[tuple, list[tuple[torch.Tensor, ...]]] | None = None
-        self._fused: tuple[tuple, FusedWeights | None] | None = None  # fused_weights' cache
-        self.compiled_decoding = False  # see compile_decoding
-        self.fused_decoding = True      # see fuse_decoding
-        self.fused_parallel = True      # see fuse_decoding
-        self.fused_one_call = True      # see fuse_decoding
-        self.fused_pack = True          # see fuse_decoding
+        # genir.decoder.fused.fused_weights' cache: (key, weights)
+        self._fused: tuple[tuple, FusedWeights | None] | None = None
+        self.options = DecodingOptions()   # how sessions decode (not saved with the model)
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave the derived weights behind (`_decoding`, `_fused`): they
@@ -224,13 +228,12 @@ class CodeDecoder(nn.Module):
 
     def session(self, query: torch.Tensor, *, pack: bool | None = None) -> DecoderSession:
         """Incremental decoding state for beam search over `query` (B, query_dim): the fused
-        CPU session (`genir.decoder.fused`) for float32 inference on CPU, else the torch one
-        (autograd on, training mode, another device or dtype, or `compile_decoding`).
-        `pack`: see `fused_weights`."""
-        weights = self.fused_weights(pack=pack) if fusable(self, query) else None
-        if weights is None:
-            return DecoderSession(self, query)
-        return FusedSession(self, query, weights)
+        CPU session (`genir.decoder.fused.open_session`) for float32 inference on CPU, else
+        the torch one (autograd on, training mode, another device or dtype, or
+        `compile_decoding`). `pack`: see `genir.decoder.fused.fused_weights`."""
+        from genir.decoder.fused import open_session
+
+        return open_session(self, query, pack=pack)
 
     def fuse_decoding(self, enabled: bool = True, *, parallel: bool | None = None,
                       one_call: bool | None = None, pack: bool | None = None) -> CodeDecoder:
@@ -249,36 +252,20 @@ class CodeDecoder(nn.Module):
         matrix up to 1.8 MB into a buffer of ~8 MB); T5-small-sized 1.01x for ~235 MB.
         None leaves a setting as it is. None of these is saved with the model. Returns the
         model."""
-        self.fused_decoding = bool(enabled)
+        self.options.fused = bool(enabled)
         if parallel is not None:
-            self.fused_parallel = bool(parallel)
+            self.options.parallel = bool(parallel)
         if one_call is not None:
-            self.fused_one_call = bool(one_call)
+            self.options.one_call = bool(one_call)
         if pack is not None:
-            self.fused_pack = bool(pack)
+            self.options.pack = bool(pack)
         return self
 
     def fused_weights(self, *, pack: bool | None = None) -> FusedWeights | None:
-        """The arrays `FusedSession` reads, made once and kept until a parameter changes (in
-        place, as training and load_state_dict do, new data, as `.to` does, or a new
-        parameter or module assigned; writes through `p.data` bump no version and are
-        missed); None when a parameter is not float32 on CPU. `pack` (None: the model's
-        `fuse_decoding` setting, on by default): the level's products read weights packed
-        by MKL from the first request on, so every search on the same weights runs the same
-        products and returns the same bits (packed and plain products may round apart on
-        some CPUs). Packing costs ~20 ms with the default decoder against 0.65 ms for the
-        rest; a caller that searches once per weight update (AVG's discriminative loss,
-        every training step) asks for pack=False."""
-        # (a model pickled whole before a setting existed lacks its attribute: the default)
-        pack = getattr(self, "fused_pack", True) if pack is None else pack
-        key = (pack and getattr(self, "fused_one_call", True), *_parameter_state(self, []))
-        if self._fused is None or self._fused[0] != key:
-            ok = all(p.dtype == torch.float32 and p.device.type == "cpu"
-                     for p in self.parameters())
-            weights = FusedWeights(self) if ok else None
-            self._fused = (key, weights.with_packs() if weights is not None and key[0]
-                           else weights)
-        return self._fused[1]
+        """The arrays the fused CPU session reads (`genir.decoder.fused.fused_weights`)."""
+        from genir.decoder.fused import fused_weights
+
+        return fused_weights(self, pack=pack)
 
     def compile_decoding(self, enabled: bool = True) -> CodeDecoder:
         """Run search sessions (those made with autograd off) through `torch.compile`.
@@ -288,7 +275,7 @@ class CodeDecoder(nn.Module):
         torch session at batch 32, not faster at batch 1, and 0.97x (beam 10) / 1.07x (beam
         30) the fused CPU session with its kernels on one thread (docs/benchmarks.md). Off by default; needs
         a C++ compiler on CPU. Not saved with the model. Returns the model."""
-        self.compiled_decoding = bool(enabled)
+        self.options.compiled = bool(enabled)
         return self
 
     def decoding_weights(self) -> list[tuple[torch.Tensor, ...]]:
@@ -358,6 +345,9 @@ class DecoderSession:
     and autograd is off.
     """
 
+    numpy_steps = False   # log-probs and codes as torch tensors (`genir.search.beam`)
+    step_chunks = 1       # the search's step runs on the calling thread
+
     def __init__(self, model: CodeDecoder, query: torch.Tensor) -> None:
         self.model = model
         self.num_queries = query.shape[0]
@@ -368,7 +358,7 @@ class DecoderSession:
         self.memory_kv = [blk.cross_attn.keys_values(mem)  # type: ignore[union-attr,operator]
                           for blk in model.blocks]
         self.weights = model.decoding_weights()
-        self.compiled = model.compiled_decoding and not torch.is_grad_enabled()
+        self.compiled = model.options.compiled and not torch.is_grad_enabled()
         start, self._advance = (_compiled_steps() if self.compiled else (_start, _advance))
         self.level = 0
         # per block (rows, H, t, 2 hd): keys | values of the codes fed so far
@@ -394,121 +384,6 @@ class DecoderSession:
         self.cache, self.logp = self._advance(self.model, self.weights, self.memory_kv,
                                               self.memory_mask, self.cache, codes.reshape(-1),
                                               rows, q, beams, level)
-
-
-class FusedSession(DecoderSession):
-    """`DecoderSession` for CPU float32 inference with the level step fused
-    (`genir.decoder.fused`): the same log-probabilities to ~2e-6. Made by
-    `CodeDecoder.session` when `genir.decoder.fused.fusable` says so and the model has
-    fused weights (`weights`: `model.fused_weights()`, which it looks up when not given)."""
-
-    def __init__(self, model: CodeDecoder, query: torch.Tensor,
-                 weights: FusedWeights | None = None) -> None:
-        weights = model.fused_weights() if weights is None else weights
-        if weights is None:
-            raise ValueError("FusedSession needs a float32 model on the CPU (see "
-                             "CodeDecoder.fused_weights)")
-        self.weights_fused = weights
-        # (a model pickled whole before the setting existed has no attribute: parallel)
-        self.kernels = row_kernels(getattr(model, "fused_parallel", True))
-        self.one_call = getattr(model, "fused_one_call", True)
-        with torch.inference_mode():   # whatever the caller's mode: plain arrays, no graph
-            self._start(model, query)
-
-    def _start(self, model: CodeDecoder, query: torch.Tensor) -> None:
-        cfg = model.config
-        q = self.num_queries = query.shape[0]
-        self.model, self.compiled, self.level = model, False, 0
-        # the memory's cross-attention keys/values once per query, (Q, H, N, hd) each
-        w = self.weights_fused
-        if (self.one_call and w.memory is not None and query.ndim == 2
-                and query.shape[1] == cfg.query_dim):
-            n_mem, heads = cfg.num_prefix, cfg.num_heads
-            shape = (q, heads, n_mem, cfg.d_model // heads)
-            keys = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
-            values = tuple(np.empty(shape, dtype=np.float32) for _ in model.blocks)
-            kernels, chunks = split(self.kernels, q * n_mem, q)
-            kernels.memory(aligned_copy(query.numpy()), w.memory, keys, values, chunks)
-            self.mask = np.ones((q, n_mem), dtype=np.bool_)
-        else:
-            mem, mask = model.memory(query)
-            self.mask = (np.ones((q, mem.shape[1]), dtype=np.bool_) if mask is None
-                         else mask.numpy())
-            pairs = [tuple(t.contiguous().numpy()
-                           for t in blk.cross_attn.keys_values(mem))  # type: ignore[union-attr,operator]
-                     for blk in model.blocks]
-            keys, values = tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
-        self.memory = (keys, values)   # per block
-        hd2 = 2 * (cfg.d_model // cfg.num_heads)
-        # per block, each level's keys | values where they were written: (levels, rows, H, 2 hd);
-        # anc[p, r]: the row of level p that row r's beam descends from
-        self.kv = tuple(np.empty((cfg.num_levels, q, cfg.num_heads, hd2), dtype=np.float32)
-                        for _ in model.blocks)
-        self.anc = np.zeros((cfg.num_levels, q), dtype=np.int64)
-        self.anc[0] = np.arange(q)
-        # a level's tokens, rewritten every level: one aligned buffer, grown with the beams
-        self._tokens = aligned((q, w.start.shape[0]))
-        x = self._tokens
-        x[:] = w.start                  # (torch's expand + add + copy: 80-100 us a batch)
-        self.logp = run_level(self.kernels, w, self.kv, self.anc, self.memory, self.mask, x, 0,
-                              1, self.one_call)
-        # the whole-query chunks the last level ran in: the beam search's step splits its
-        # queries the same way, so each thread reads the log-probabilities it wrote
-        self.step_chunks = query_chunks(self.kernels, q, q)
-
-    # the beam search may hand it numpy arrays and take them back (`log_prob_array`,
-    # `advance_arrays`): each torch <-> numpy conversion or check is a Python call, which
-    # between kernels, with cold caches, costs microseconds
-    numpy_steps = True
-
-    def log_probs(self, level: int) -> torch.Tensor:
-        return torch.from_numpy(self.log_prob_array(level))
-
-    def log_prob_array(self, level: int) -> np.ndarray:
-        """`log_probs` as the float32 (Q * B, K_level) C-contiguous array it is."""
-        return cast(np.ndarray, super().log_probs(level))   # (self.logp: an array here)
-
-    def advance_arrays(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
-        """`advance` with numpy arrays (`_step` takes both)."""
-        self.advance(level, codes, parent)  # type: ignore[arg-type]
-
-    def _step(self, level: int, codes: torch.Tensor | np.ndarray,
-              parent: torch.Tensor | np.ndarray) -> None:
-        self._fused_step(level, *(a.numpy() if isinstance(a, torch.Tensor) else a
-                                  for a in (codes, parent)))
-
-    def _fused_step(self, level: int, codes: np.ndarray, parent: np.ndarray) -> None:
-        # the kernels do not bounds-check: what the torch session would fail on is refused
-        # before anything the session decodes from changes
-        q, beams = codes.shape
-        if q != self.num_queries:   # (the kernels would read other queries' memory)
-            raise ValueError(f"codes must be (Q, beams) with Q = {self.num_queries} (the "
-                             f"session's queries), got {tuple(codes.shape)}")
-        width = self.logp.shape[0] // q
-        if level + 1 >= self.model.config.num_levels:
-            raise ValueError(f"level {level} is the last: there is no next code to score")
-        if parent.shape != codes.shape:
-            raise ValueError(f"parent must be (Q, beams) = {tuple(codes.shape)}, got "
-                             f"{tuple(parent.shape)}")
-        n, t = q * beams, level + 1
-        if n > self.anc.shape[1]:   # more beams than rows so far: grow, keep levels < t
-            anc = np.zeros((self.anc.shape[0], n), dtype=np.int64)
-            anc[:t, :self.anc.shape[1]] = self.anc[:t]
-            self.anc = anc
-            grown = []
-            for old in self.kv:
-                kv = np.empty((old.shape[0], n, *old.shape[2:]), dtype=np.float32)
-                kv[:t, :old.shape[1]] = old[:t]
-                grown.append(kv)
-            self.kv = tuple(grown)
-        if n > len(self._tokens):
-            self._tokens = aligned((n, self._tokens.shape[1]))
-        x = self._tokens[:n]
-        step = (np.ascontiguousarray(codes, dtype=np.int64),
-                np.ascontiguousarray(parent, dtype=np.int64), width)
-        self.logp = run_level(self.kernels, self.weights_fused, self.kv, self.anc, self.memory,
-                              self.mask, x, t, beams, self.one_call, step)
-        self.step_chunks = query_chunks(self.kernels, n, q)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

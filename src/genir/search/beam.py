@@ -27,14 +27,20 @@ import numpy as np
 import torch
 from numba import prange
 
-from genir.decoder.fused import compile_variant
+from genir.compiled import compile_variant
 from genir.search.trie import CodeTrie
 
 
 class DecodingSession(Protocol):
     """What the search asks of a decoder. A session whose `numpy_steps` is True also has
     `log_prob_array(level)` (the same as a float32 C-contiguous numpy array) and
-    `advance_arrays(level, codes, parent)` (int64 numpy arrays), which the search then uses."""
+    `advance_arrays(level, codes, parent)` (int64 numpy arrays), which the search then uses.
+    `step_chunks`: the chunks of whole queries the session's last level ran in; the search's
+    step splits its queries the same way (> 1 promises numba's threads were started safely,
+    as `genir.decoder.fused.row_kernels` does; 1 keeps the step on the calling thread)."""
+
+    numpy_steps: bool
+    step_chunks: int
 
     def log_probs(self, level: int) -> torch.Tensor:
         """(Q * B, K_level) log-probabilities of the next code for every live beam."""
@@ -66,7 +72,7 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
     node = np.zeros((q, 1), dtype=np.int64)  # the root
     score = np.zeros((q, 1), dtype=np.float32)
     # a session that gives and takes numpy arrays (`FusedSession`) skips the conversions
-    arrays = cast(ArraySession, session) if getattr(session, "numpy_steps", False) else None
+    arrays = cast(ArraySession, session) if session.numpy_steps else None
     for level in range(trie.num_levels):
         width = node.shape[1]
         if arrays is not None:
@@ -84,9 +90,7 @@ def constrained_beam_search(session: DecodingSession, trie: CodeTrie, *, num_que
         dense = trie.complete[level] and k == trie.max_children[level]
         starts, codes = trie.csr(level)
         fan_out = k if dense else trie.max_children[level]
-        # the chunks of queries the session's level ran in (`FusedSession.step_chunks`; > 1
-        # promises numba's threads were started safely, as `fused.row_kernels` does)
-        chunks = getattr(session, "step_chunks", 1)
+        chunks = session.step_chunks
         node, score, parent, chosen, nan = _STEP[chunks > 1](
             logp, score, node, starts, codes, dense, min(beam_size, width * fan_out), chunks)
         if nan:   # the step never picks a NaN candidate: say so rather than drop it
