@@ -2,7 +2,7 @@
 
     index = GenerativeIndex.build(item_emb, queries=q_emb, sampler=pairs)
     scores, rows = index.search(query_emb, k)     # (Q, k) each, -1 / -inf padded
-    index.save(path); GenerativeIndex.load(path)
+    index.save(path); GenerativeIndex.load(path)     # genir.persist
 
 `build` fits the RQ tokenizer on the item embeddings, encodes every item, and trains the
 decoder on (query, target item) pairs; without pairs it trains on self-pairs (each item's
@@ -14,9 +14,6 @@ similarity (GENIUS' re-ranking). Encoders live outside: the index takes vectors.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from genir.decoder.model import CodeDecoder, DecoderConfig, init_code_embeddings
 from genir.decoder.train import PairSampler, Sampler, TrainConfig, train_decoder
@@ -33,14 +29,11 @@ from genir.ids.genius import MODALITIES
 from genir.ids.registry import TOKENIZERS, config_class, tokenizer_class
 from genir.ids.rq import RQConfig
 from genir.ids.table import IDTable, codebook_utilisation
-from genir.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 from genir.search.beam import constrained_beam_search
 from genir.search.results import top_items
 from genir.search.trie import CodeTrie
-from genir.store import LOCK_FILE, STORE_FILE, ItemStore, WriterLock
+from genir.store import ItemStore
 
-FORMAT_VERSION = 2   # 2: items in items.sqlite (store.py); 1: items in weights + items.json
-READABLE_VERSIONS = (1, 2)
 MAX_K = 1000  # the most results one query may ask for
 # the build() argument that gives each side input a tokenizer may need (genir.ids.base.Side)
 BUILD_ARGS = {"labels": "item_labels", "text_emb": "item_text_emb", "modality": "item_modality",
@@ -346,51 +339,11 @@ class GenerativeIndex:
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, thumbnails: dict[str, bytes] | None = None,
              progress: bool = False) -> None:
-        """Write the index into folder `path`: weights (safetensors), the item store (SQLite)
-        and, last, the manifest, each fsynced, all first in a temporary sibling folder that
-        then takes the place of `path`. An index already at `path` is replaced only once
-        the new one is complete (a crash leaves the old one, or both folders); its writer
-        lock must be free. `thumbnails` maps item id -> PNG bytes."""
-        path = Path(path).resolve()
-        if self.store is not None and path == self.store.folder.resolve():
-            raise ValueError(f"{path} is this index's own open store: its items are already "
-                             "saved as they change; save to another folder")
-        if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (
-                (path / "manifest.json").exists() or (path / STORE_FILE).exists()))):
-            raise ValueError(f"{path} exists and is not a genir index folder; save to a new "
-                             "or empty folder")
-        tensors = {f"decoder.{k}": v.contiguous() for k, v in self.decoder.state_dict().items()}
-        tensors.update({f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()})
-        from safetensors.torch import save as save_bytes
+        """Write the index into folder `path` atomically (`genir.persist.save_index`).
+        `thumbnails` maps item id -> PNG bytes."""
+        from genir.persist import save_index
 
-        if thumbnails is None and self.store is not None:
-            thumbnails = {i: png for i in self.item_ids
-                          if (png := self.store.thumbnail(i)) is not None}
-        lock = WriterLock(path / LOCK_FILE) if (path / STORE_FILE).exists() else None
-        tmp = path.parent / f".{path.name}.saving-{os.getpid()}"
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            atomic_write_bytes(tmp / "weights.safetensors", save_bytes(tensors))
-            ItemStore.create(tmp, item_ids=self.item_ids, codes=self.codes, emb=self.item_emb,
-                             metas=self.item_meta, thumbnails=thumbnails, progress=progress)
-            atomic_write_json(tmp / "manifest.json", {
-                "format": "genir-index", "format_version": FORMAT_VERSION,
-                "config": self.config.to_dict(), "store": STORE_FILE,
-                "files": {"weights.safetensors": sha256_file(tmp / "weights.safetensors")},
-                "num_items": len(self), "extra": self.extra})
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
-                os.rename(path, old)
-                os.rename(tmp, path)
-                shutil.rmtree(old)
-            else:
-                os.rename(tmp, path)
-            fsync_dir(path.parent)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if lock is not None:
-                lock.close()
+        save_index(self, path, thumbnails=thumbnails, progress=progress)
 
     @classmethod
     def load(cls, path: str | Path) -> GenerativeIndex:
@@ -400,40 +353,11 @@ class GenerativeIndex:
     @classmethod
     def open(cls, path: str | Path, *, writable: bool = False) -> GenerativeIndex:
         """Load an index; with writable=True keep its item store open under the writer lock
-        so add/remove are committed to disk as they happen (call close() when done)."""
-        path = Path(path)
-        manifest = _read_manifest(path)
-        config = IndexConfig.from_dict(manifest["config"])
-        tensors = load_file(str(path / "weights.safetensors"))
-        decoder = CodeDecoder(config.decoder)
-        decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items()
-                                 if k.startswith("decoder.")})
-        tokenizer = tokenizer_class(config.tokenizer).from_state(
-            config.rq, {k[len("tokenizer."):]: v for k, v in tensors.items()
-                        if k.startswith("tokenizer.")})
-        extra = manifest.get("extra", {})
-        if manifest["format_version"] == 1:
-            if writable:
-                raise ValueError(f"{path} is a format-1 index (no item store): load it and "
-                                 "save it to a new folder to make it writable")
-            item_ids = json.loads((path / "items.json").read_text())
-            return cls(tokenizer=tokenizer, decoder=decoder, item_emb=tensors["item_emb"].numpy(),
-                       codes=tensors["codes"].numpy(), item_ids=item_ids, config=config,
-                       extra=extra)
-        store = ItemStore(path, writable=writable)
-        try:
-            store.check()
-            item_ids, codes, emb, metas = store.load_live()
-            index = cls(tokenizer=tokenizer, decoder=decoder, item_emb=emb, codes=codes,
-                        item_ids=item_ids, config=config, extra=extra, item_meta=metas)
-        except BaseException:
-            store.close()
-            raise
-        if writable:
-            index.store = store
-        else:
-            store.close()
-        return index
+        so add/remove are committed to disk as they happen (call close() when done);
+        `genir.persist.open_index`."""
+        from genir.persist import open_index
+
+        return open_index(cls, path, writable=writable)
 
     def close(self) -> None:
         """Release the item store and its writer lock (a no-op when none is open)."""
@@ -489,27 +413,5 @@ def _level_codebooks(tokenizer: Any, name: str) -> list[torch.Tensor]:
     return list(books)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    manifest_path = path / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{path} is not a genir index: no manifest.json")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{manifest_path} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != "genir-index":
-        raise ValueError(f"{manifest_path} is not a genir index manifest")
-    if manifest.get("format_version") not in READABLE_VERSIONS:
-        raise ValueError(f"{path}: index format version {manifest.get('format_version')} "
-                         f"is not supported (this genir reads {READABLE_VERSIONS})")
-    for name, digest in manifest["files"].items():
-        if not (path / name).exists():
-            raise FileNotFoundError(f"{path}: {name} is missing")
-        if sha256_file(path / name) != digest:
-            raise ValueError(f"{path}: {name} does not match its checksum in the manifest "
-                             "(corrupt or modified)")
-    return manifest
-
-
-__all__ = ["FORMAT_VERSION", "MAX_K", "TOKENIZERS", "GenerativeIndex", "IndexConfig",
+__all__ = ["MAX_K", "TOKENIZERS", "GenerativeIndex", "IndexConfig",
            "SearchConfig", "tokenizer_class"]
