@@ -337,3 +337,37 @@ def test_text_to_image_benchmark_needs_a_shared_space(tmp_path):
                           *STEPS)
     assert result.exit_code == 2 and "--encoder clip:PATH_OR_NAME" in text
     assert not (tmp_path / "f.index").exists()
+
+
+def test_benchmark_queries_are_embedded_in_batches_as_one_by_one():
+    """Mixed-modality queries (M-BEIR): batched by modality, the same vectors as embedding
+    each query alone (image_text: the normalised mean of its two embeddings)."""
+    from types import SimpleNamespace
+
+    from genir.pipeline import _embed_queries
+
+    rng = np.random.default_rng(0)
+    table = {f"x{i}": rng.normal(size=4).astype(np.float32) for i in range(6)}
+
+    class Fake:
+        calls = 0
+
+        def encode_images(self, images):
+            Fake.calls += 1
+            return np.stack([table[i] for i in images])
+
+        def encode_texts(self, texts):
+            Fake.calls += 1
+            return np.stack([table[t] for t in texts])
+
+    mods = ["image", "text", "image_text", "text", "image", "image_text"]
+    queries = SimpleNamespace(images=["x0", None, "x2", None, "x4", "x5"],
+                              texts=["", "x1", "x3", "x3", "", "x0"], modality="image_text")
+    picks = np.array([0, 1, 2, 3, 4, 5])
+    got = _embed_queries(Fake(), queries, picks, mods)
+    assert Fake.calls == 2
+    for j, m in enumerate(mods):
+        parts = ([table[queries.images[j]]] if m != "text" else []) + (
+            [table[queries.texts[j]]] if m != "image" else [])
+        want = np.mean(parts, axis=0)
+        np.testing.assert_allclose(got[j], want / np.linalg.norm(want), rtol=1e-6)

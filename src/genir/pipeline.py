@@ -446,19 +446,26 @@ def evaluate_source(source: Source, index_dir: str | Path, *, num_queries: int |
 
 def _embed_queries(encoder: Any, queries: Any, picks: np.ndarray,
                    modalities: list[str] | None) -> np.ndarray:
-    """Benchmark queries -> (Q, D): each by its modality (image_text: normalised mean)."""
-    out = []
-    mods = modalities or [queries.modality] * len(queries)
-    for i in picks:
-        m = mods[i]
-        parts = []
-        if m != "text":
-            parts.append(encoder.encode_images([queries.images[i]])[0])
-        if m != "image":
-            parts.append(encoder.encode_texts([queries.texts[i]])[0])
-        v = np.mean(parts, axis=0)
-        out.append(v / max(float(np.linalg.norm(v)), 1e-12))
-    return np.asarray(out, dtype=np.float32)
+    """Benchmark queries -> (Q, D), each by its modality (image_text: the normalised mean of
+    its image's and its text's embeddings); images and texts embedded in batches."""
+    mods = [(modalities or [queries.modality] * len(queries))[i] for i in picks]
+    dim = None
+    parts: dict[str, np.ndarray] = {}
+    for kind in ("image", "text"):
+        rows = [j for j, m in enumerate(mods) if m in (kind, "image_text")]
+        if rows:
+            values = [(queries.images if kind == "image" else queries.texts)[picks[j]]
+                      for j in rows]
+            emb = (encoder.encode_images(values) if kind == "image"
+                   else encoder.encode_texts(values))
+            dim = emb.shape[1]
+            full = np.zeros((len(picks), dim), dtype=np.float32)
+            full[rows] = emb
+            parts[kind] = full
+    assert dim is not None
+    out = sum(parts.values())
+    return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12),
+                      dtype=np.float32)
 
 
 def drop_self(rows: np.ndarray, self_rows: np.ndarray, k: int) -> np.ndarray:
