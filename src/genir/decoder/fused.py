@@ -37,7 +37,7 @@ per-chunk functions they call once); a session runs the parallel variants on tor
 thread count (`row_kernels`), rows split into one chunk per thread, unless torch has one
 thread or the model asks otherwise (`CodeDecoder.fuse_decoding(parallel=False)`).
 
-Same function as `DecoderSession` (tests/search/test_beam.py checks both against teacher
+Same function as `DecoderSession` (tests/decoder/test_sessions.py checks both against teacher
 forcing, and the searches against each other); float32 sums in another order, so log-
 probabilities agree to ~2e-6, not bit for bit. Measured with the default decoder, in pairs
 (docs/benchmarks.md): 1.66-2.21x the torch session's queries/s at batch 32, of which
@@ -286,7 +286,7 @@ def _cross_attn(hc, bias, mem_k, mem_v, mask, beams, y, chunks):  # type: ignore
 
 # erf as a rational function of x^2 on [-4, 4] (clamped outside; erf(4) = 1 - 1.5e-8):
 # Eigen's float coefficients (generic_fast_erf_float). GELU with it is within 1.5e-6 of
-# torch's over [-10, 10] (tests/search/test_beam.py)
+# torch's over [-10, 10] (tests/decoder/test_sessions.py)
 _ERF_P = tuple(F32(c) for c in (-2.72614225801306e-10, 2.77068142495902e-08,
                                 -2.10102402082508e-06, -5.69250639462346e-05,
                                 -7.34990630326855e-04, -2.95459980854025e-03,

@@ -333,7 +333,7 @@ class DecoderSession:
     """Incremental decoding state for beam search (see `genir.search.beam`).
 
     The same function as `CodeDecoder.forward`, laid out for decoding speed (the teacher-
-    forced forward pass is its reference in tests/search/test_beam.py): rows stay 2-D
+    forced forward pass is its reference in tests/decoder/test_sessions.py): rows stay 2-D
     (Q * beams, d); each block's self-attention query, key and value come from one fused
     projection with the attention scale folded in (`CodeDecoder.decoding_weights`); the
     cache holds a block's keys and values side by side, (rows, H, t, 2 hd), so one gather
