@@ -65,6 +65,20 @@ def test_folder_build_search_eval_with_an_unreadable_image(tmp_path):
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["protocol"] == "irgen" and res["info"]["num_queries"] == 18
     assert res["rows"]["flat knn"]["P@1"] > 0.9 and res["rows"]["genir"]["P@1"] > 0.9
+    picture(COLORS[2], 99).save(tmp_path / "new.png")
+    result, text = invoke("add", str(out), "--id", "blue/new.png", "--image",
+                          str(tmp_path / "new.png"), "--caption", "a new one")
+    assert result.exit_code == 0 and "19 items" in text, text
+    from genir.index import GenerativeIndex
+
+    index = GenerativeIndex.load(out)
+    meta = index.item_meta[index.row_of("blue/new.png")]
+    assert meta["caption"] == "a new one" and meta["image_path"] == str(tmp_path / "new.png")
+    result, text = invoke("add", str(out), "--id", "blue/new.png", "--image",
+                          str(tmp_path / "new.png"))
+    assert result.exit_code == 2 and "already in the index" in text
+    result, text = invoke("add", str(out), "--id", "x", "--caption", "no image")
+    assert result.exit_code == 2 and "give the item's image" in text
 
 
 def test_text_table_with_the_bundled_text_encoder(tmp_path):
@@ -121,6 +135,13 @@ def test_own_embeddings_build_search_eval_and_serve(tmp_path, kind):
     result, text = invoke("eval", str(path), "--index", str(out))
     assert result.exit_code == 0, text
     assert ("(self)" if kind == "npy" else "(labels)") in text
+    result, text = invoke("add", str(out), "--id", "cli-new", "--vector",
+                          json.dumps(vectors[1].tolist()))
+    assert result.exit_code == 0 and "81 items" in text, text
+    result, text = invoke("add", str(out), "--id", "bad", "--vector", "[1, 2]")
+    assert result.exit_code == 2 and "12 finite numbers" in text
+    result, text = invoke("add", str(out), "--id", "bad", "--caption", "words")
+    assert result.exit_code == 2 and "give the item's vector" in text
 
     from fastapi.testclient import TestClient
 
@@ -141,7 +162,7 @@ def test_own_embeddings_build_search_eval_and_serve(tmp_path, kind):
         r = client.post("/items", data={"id": "new", "vector": json.dumps(new.tolist())})
         assert r.status_code == 201, r.text
         assert client.get("/items/new").json()["codes"] == r.json()["codes"]
-        assert client.get("/health").json()["items"] == 81
+        assert client.get("/health").json()["items"] == 82   # with the CLI's cli-new
         r = client.post("/items", data={"id": "x", "caption": "no vector"})
         assert r.status_code == 422 and "give the item's vector" in r.json()["detail"]
 

@@ -201,7 +201,7 @@ def test_text_query_on_image_only_encoder_is_refused(folder):
 
 
 BAD_ADDS = [
-    ({"data": {"caption": "no image"}}, 422, "upload the item's image"),
+    ({"data": {"caption": "no image"}}, 422, "holds image items: give the item's image"),
     ({"files": {"image": ("x.txt", b"hello", "text/plain")}}, 415, "not an image"),
     ({"files": {"image": ("x.png", b"\x89PNG broken", "image/png")}}, 422, "cannot decode"),
     ({"files": {"image": ("bomb.png", huge_png_header(30000, 30000), "image/png")}}, 413, "bomb"),

@@ -8,6 +8,7 @@ experiments add demo, ablate and the bundled tasks) join it at import.
                                    (inshop:ROOT, coco:JSON, mbeir:QUERIES, ...) or a
                                    bundled task (fashion-mnist, openclipart)
     genir search DIR --text "..."  query a saved index (or --image PATH, --vector JSON)
+    genir add DIR --id ID --image PATH   add an item (or --caption, --vector), no retraining
     genir eval SOURCE [--index DIR]  score genir, genir+rerank and flat k-NN; table + JSON
     genir build universal --out DIR    one GENIUS-style index over every universal task's pool
     genir eval --task NAME [--index DIR]  a universal task (or "all"): task pool and global pool
@@ -187,6 +188,46 @@ def search(index_dir: Annotated[Path, typer.Argument(help="a folder written by g
         return
     for h in hits:
         typer.echo(f"{h['rank']:>4}  {h['score']:>9.4f}  {h['item_id']}")
+
+
+@app.command()
+def add(index_dir: Annotated[Path, typer.Argument(help="a folder written by genir build")],
+        item_id: Annotated[str, typer.Option("--id", help="the new item's unique id")],
+        image: Annotated[Path | None, typer.Option(help="the item's image file")] = None,
+        caption: Annotated[str | None, typer.Option(help="the item's caption (or text)")] = None,
+        vector: Annotated[str | None, typer.Option(
+            help="the item's embedding: a JSON array or a .npy file (an index of your own "
+                 "embeddings)")] = None) -> None:
+    """Add an item to a saved index without retraining: tokenized with the fitted tokenizer,
+    on disk when the command returns (the same rules as the service's POST /items)."""
+    from genir.encoders.base import ImageLoadError
+    from genir.index import GenerativeIndex
+    from genir.query import QueryEncoder, assemble_item
+    from genir.store import IndexLockedError, StoreCorruptError
+
+    if not item_id.strip():
+        _fail("--id is empty")
+    if image is not None and not image.is_file():
+        _fail(f"--image {image} is not a file")
+    try:
+        index = GenerativeIndex.open(index_dir, writable=True)
+    except (FileNotFoundError, ValueError, IndexLockedError, StoreCorruptError) as exc:
+        _fail(str(exc))
+    try:
+        encoder = QueryEncoder.for_index(index_dir, index)
+        item = assemble_item(encoder, image=image, caption=caption,
+                             vector=_read_vector(vector) if vector is not None else None,
+                             item_modality="mixed" if encoder.needs_instruction else
+                             index.extra.get("item_modality", "image"),
+                             dim=index.item_emb.shape[1])
+        if image is not None:
+            item.meta["image_path"] = str(image.resolve())   # its thumbnail, made on request
+        row = int(index.add(item.emb, [item_id], item_meta=[item.meta])[0])
+    except (ValueError, ImageLoadError, TypeError) as exc:
+        _fail(str(exc))
+    finally:
+        index.close()
+    typer.echo(f"added {item_id} (codes {index.codes[row].tolist()}); {len(index)} items")
 
 
 def _read_vector(value: str) -> list[float]:

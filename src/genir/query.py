@@ -167,3 +167,57 @@ def assemble_query(encoder: QueryEncoder, *, text: str | None = None, image: Ima
         raise QueryError(str(exc)) from exc
     return Query(decoder_input=decoder_q, emb=q, modality=modality,
                  instruction=ins.text if ins else None)
+
+
+@dataclass
+class NewItem:
+    """An item to add: its embedding and metadata (`GenerativeIndex.add`)."""
+
+    emb: np.ndarray               # (1, D)
+    meta: dict[str, Any]
+
+
+def assemble_item(encoder: QueryEncoder, *, image: ImageLike = None, caption: str | None = None,
+                  vector: Sequence[float] | np.ndarray | None = None,
+                  item_modality: str = "image", dim: int | None = None) -> NewItem:
+    """An image, a caption, both, or a vector -> the `NewItem` an index of `item_modality`
+    items takes (the one place the CLI's `genir add` and the service's `POST /items` make
+    items). An image index embeds the image (its caption is kept as metadata), a text index
+    the caption, a universal index (`encoder.needs_instruction`) what it is given (both: the
+    normalised sum), an index of your own embeddings (item_modality "vector") the vector as
+    given. QueryError names what is missing or wrong."""
+    universal = encoder.needs_instruction
+    if caption is not None and not caption.strip():
+        raise QueryError("the caption is empty")
+    caption = caption.strip() if caption is not None else None
+    if (item_modality == "vector") != (vector is not None):
+        raise QueryError("this index holds your own embeddings: give the item's vector"
+                         if item_modality == "vector" else
+                         f"this index embeds its {item_modality} items itself: give an image "
+                         "or caption, not a vector")
+    meta: dict[str, Any] = {"caption": caption or "", "source": "added"}
+    if vector is not None:
+        emb = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if (dim is not None and emb.shape[1] != dim) or not np.isfinite(emb).all():
+            raise QueryError(f"the vector must hold {dim} finite numbers")
+        return NewItem(emb=emb, meta=meta)
+    if universal:   # the item's modality is what it was given
+        if image is None and caption is None:
+            raise QueryError("give the item's image, caption, or both")
+        meta["modality"] = "image_text" if image is not None and caption is not None else (
+            "image" if image is not None else "text")
+    elif item_modality in ("image", "image_text") and image is None:
+        raise QueryError(f"this index holds {item_modality} items: give the item's image")
+    if item_modality == "text" and caption is None:
+        raise QueryError("this index holds text items: give the item's caption")
+    parts = []
+    try:
+        if image is not None:
+            parts.append(encoder.encode_images([image]))
+        if caption is not None and (image is None or universal):
+            parts.append(encoder.encode_texts([caption]))
+    except ValueError as exc:
+        raise QueryError(str(exc)) from exc
+    emb = np.sum(parts, axis=0).astype(np.float32)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return NewItem(emb=emb, meta=meta)

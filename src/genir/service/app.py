@@ -34,7 +34,7 @@ from PIL import Image
 
 from genir.index import MAX_K, GenerativeIndex
 from genir.instructions import INSTRUCTIONS
-from genir.query import QueryEncoder, QueryError, assemble_query
+from genir.query import QueryEncoder, QueryError, assemble_item, assemble_query
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -214,47 +214,18 @@ def create_app(index_dir: str | Path, *, encoder: Any = None, writable: bool = T
         caption = _check_text(caption, "caption") if caption is not None else None
         item_id = _check_id(item_id) if item_id is not None else uuid.uuid4().hex
         pil = _read_image(image) if _has_file(image) else None
-        if (state.item_modality == "vector") != (vector is not None):
-            raise HTTPException(422, "this index holds your own embeddings: give the item's "
-                                     "vector" if state.item_modality == "vector" else
-                                     f"this index embeds its {state.item_modality} items "
-                                     "itself: give an image or caption, not a vector")
-        if vector is not None:
-            emb = np.asarray([_parse_vector(vector)], dtype=np.float32)
-            if emb.shape[1] != state.index.item_emb.shape[1] or not np.isfinite(emb).all():
-                raise HTTPException(422, f"vector must hold {state.index.item_emb.shape[1]} "
-                                         "finite numbers")
-            meta = {"caption": caption or "", "source": "added"}
-            with state.lock:
-                if item_id in state.index:
-                    raise HTTPException(409, f"item id {item_id!r} is already in the index")
-                state.index.add(emb, [item_id], item_meta=[meta])
-                return {**_item_json(state.index, state.index.row_of(item_id)), "durable": True}
-        if state.universal:   # the item's modality is what it was given
-            if pil is None and caption is None:
-                raise HTTPException(422, "give the item's image, caption, or both")
-            modality = "image_text" if pil is not None and caption is not None else (
-                "image" if pil is not None else "text")
-        elif state.item_modality in ("image", "image_text") and pil is None:
-            raise HTTPException(422, f"this index holds {state.item_modality} items: "
-                                     "upload the item's image")
-        if state.item_modality == "text" and caption is None:
-            raise HTTPException(422, "this index holds text items: give the item's caption")
-        parts = []
-        if pil is not None:
-            parts.append(state.encoder.encode_images([pil]))
-        if caption is not None and (pil is None or state.universal):
-            parts.append(state.encoder.encode_texts([caption]))
-        emb = np.sum(parts, axis=0).astype(np.float32)
-        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        meta = {"caption": caption or "", "source": "added"}
-        if state.universal:
-            meta["modality"] = modality
+        try:
+            item = assemble_item(state.encoder, image=pil, caption=caption,
+                                 vector=_parse_vector(vector) if vector is not None else None,
+                                 item_modality=state.item_modality,
+                                 dim=state.index.item_emb.shape[1])
+        except QueryError as exc:
+            raise HTTPException(422, str(exc)) from None
         thumbs = {item_id: _png_thumbnail(pil)} if pil is not None else None
         with state.lock:
             if item_id in state.index:
                 raise HTTPException(409, f"item id {item_id!r} is already in the index")
-            state.index.add(emb, [item_id], item_meta=[meta], thumbnails=thumbs)
+            state.index.add(item.emb, [item_id], item_meta=[item.meta], thumbnails=thumbs)
             return {**_item_json(state.index, state.index.row_of(item_id)), "durable": True}
 
     @app.delete("/items/{item_id:path}", summary="Remove an item (tombstoned in the store)")
