@@ -379,7 +379,8 @@ def evaluate_source(source: Source, index_dir: str | Path, *, num_queries: int |
     if num_queries is not None and num_queries < len(picks):
         picks = np.sort(rng.choice(picks, num_queries, replace=False))
     # relevance as index rows (items skipped at build time are not in the index)
-    row_of = np.array([index._row_of.get(i, -1) for i in items.item_ids], dtype=np.int64)
+    index_row = {item_id: row for row, item_id in enumerate(index.item_ids)}
+    row_of = np.array([index_row.get(i, -1) for i in items.item_ids], dtype=np.int64)
     if kind == "benchmark":
         relevant = [[int(r) for r in row_of[relevant_src[q]] if r >= 0] for q in picks]
     elif kind == "labels":

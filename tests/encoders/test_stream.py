@@ -117,3 +117,12 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path):
     assert [i for i, _ in failed] == [2] and "2.png" in failed[0][1]
     assert seen == [(8, 8), (9, 8), (11, 8), (12, 8)]
     assert emb[2].tolist() == [0, 0, 0] and emb[3].tolist() == [1, 1, 1]
+
+
+def test_a_first_chunk_without_a_readable_image_is_an_error(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(b"not a png")
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    with pytest.raises(ValueError, match="no readable image among the first 2 items"):
+        embed_to_disk(tmp_path / "w", paths, lambda b: np.ones((len(b), 3), np.float32),
+                      key="k", images=True, chunk=2)

@@ -14,6 +14,7 @@ column.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def load_table(path: str | Path, columns: Columns = Columns()) -> Corpus:
             raise ValueError(f"{where}: {columns.text!r} is empty (a text item needs its text)")
         texts.append((text or "").strip())
         raw_labels.append(record.get(columns.label))
-    labels, label_names = _labels(raw_labels, path, columns.label)
+    labels, label_names = _labels(raw_labels)
     return Corpus(name=f"table:{path}", item_ids=ids, modality="image" if has_image else "text",
                   images=images if has_image else None,
                   texts=texts if (not has_image or any(texts)) else None,
@@ -122,14 +123,13 @@ def load_vectors(path: str | Path, *, ids: str | Path | None = None,
     elif path.suffix == ".parquet":
         item_ids, vectors, raw = _parquet_vectors(path, columns)
         if raw is not None:
-            labels, label_names = _labels(raw, path, columns.label)
+            labels, label_names = _labels(raw)
     else:
         raise ValueError(f"{path}: embeddings must be a .npy matrix or a .parquet file")
     if len(item_ids) != len(vectors):
         raise ValueError(f"{path} has {len(vectors)} vectors but {len(item_ids)} ids")
     if len(set(item_ids)) != len(item_ids):
-        seen: set[str] = set()
-        dup = next(i for i in item_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        dup = next(i for i, count in Counter(item_ids).items() if count > 1)
         raise ValueError(f"{path}: id {dup!r} is repeated")
     for start in range(0, len(vectors), FINITE_CHUNK):
         bad = ~np.isfinite(vectors[start:start + FINITE_CHUNK]).all(axis=1)
@@ -229,7 +229,9 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise ValueError(f"{path}: a table must be {', '.join(TABLE_SUFFIXES)}")
 
 
-def _labels(raw: list[Any], path: Path, column: str) -> tuple[np.ndarray | None, list[str] | None]:
+def _labels(raw: list[Any]) -> tuple[np.ndarray | None, list[str] | None]:
+    """Label values (any strings or ints; None or "" for none) -> (ids in sorted-name order,
+    -1 for none; the names), or (None, None) when no item has one."""
     if all(v is None or v == "" for v in raw):
         return None, None
     names = sorted({str(v) for v in raw if v is not None and v != ""})

@@ -92,14 +92,12 @@ def embed_to_disk(folder: str | Path, items: Sequence[Any],
                     batch = [im for im, error in loaded if error is None]
                 out = np.asarray(embed(batch), dtype=np.float32) if batch else None
                 if emb is None:
-                    if out is None:   # every image of the first chunk unreadable: retry later
-                        dim = None
-                    else:
-                        dim = int(out.shape[1])
-                        emb = _create(data_path, np.float32, (n, dim))
-                        ok = _create(ok_path, np.uint8, (n,))
-                if emb is None or ok is None:
-                    raise ValueError(f"{desc}: no readable image among the first {hi} items")
+                    if out is None:
+                        raise ValueError(f"{desc}: no readable image among the first {hi} items")
+                    dim = int(out.shape[1])
+                    emb = _create(data_path, np.float32, (n, dim))
+                    ok = _create(ok_path, np.uint8, (n,))
+                assert ok is not None
                 if out is not None:
                     if out.shape != (int(good.sum()), emb.shape[1]):
                         raise ValueError(f"{desc}: the encoder returned {out.shape} for "
